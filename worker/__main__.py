@@ -1,0 +1,7 @@
+"""``python -m worker`` runs the same command line as the ``ackworker`` script."""
+
+import sys
+
+from worker.cli import main
+
+sys.exit(main())
