@@ -1,0 +1,89 @@
+"""The ``ackworker`` command line: parses arguments and hands off to one module per command.
+
+Every command turns a :class:`~worker.errors.ConfigError` into one line on stderr and exit
+code 2, with no traceback. Imports are deferred to the chosen command so that, for example,
+``check-config`` starts without loading the HTTP stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from worker.errors import ConfigError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from worker.settings import describe_settings, load_settings
+
+    settings = load_settings(args.config, os.environ)
+    print(describe_settings(settings))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from worker.runner import run_worker
+    from worker.settings import load_settings
+
+    settings = load_settings(args.config, os.environ)
+    return run_worker(settings)
+
+
+def _cmd_enqueue(args: argparse.Namespace) -> int:
+    from worker.producer import enqueue_command
+    from worker.settings import load_settings
+
+    settings = load_settings(args.config, os.environ)
+    ids: list[str] = list(args.ids) if args.ids else [line.strip() for line in sys.stdin]
+    return enqueue_command(settings, [i for i in ids if i], task_no=args.task_no, domain=args.domain)
+
+
+def _cmd_mock_api(args: argparse.Namespace) -> int:
+    from worker.mockapi.main import mock_api_command
+
+    return mock_api_command(args, os.environ)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser; each sub-command stores its handler in ``handler``."""
+    parser = argparse.ArgumentParser(prog="ackworker", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", metavar="FILE", default=None, help="TOML settings file (or ACKWORKER_CONFIG)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="consume the task stream and acknowledge task results")
+    p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("enqueue", help="add task-detail numbers to the task stream")
+    p.add_argument("ids", nargs="*", metavar="ID", help="task-detail numbers (default: stdin)")
+    p.add_argument("--task-no", default=None, help="task number the ids belong to")
+    p.add_argument("--domain", default=None, help="domain name the ids belong to")
+    p.set_defaults(handler=_cmd_enqueue)
+
+    p = sub.add_parser("check-config", help="print the effective settings and their sources")
+    p.set_defaults(handler=_cmd_check_config)
+
+    p = sub.add_parser("mock-api", help="run a local stand-in for the Domain API")
+    from worker.mockapi.main import add_mock_api_arguments
+
+    add_mock_api_arguments(p)
+    p.set_defaults(handler=_cmd_mock_api)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ackworker`` script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"ackworker: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,150 @@
+"""The one exception tree of ackworker.
+
+::
+
+    AckworkerError
+    ├── ConfigError                 a bad setting; the CLI exits 2 with one line
+    └── ApiError                    an answer (or no answer) from the Domain API
+        ├── RetryableApiError       try again later, re-signed
+        │   ├── ThrottledError      Throttling*; slows the whole fleet
+        │   ├── ServerError         5xx, ServiceUnavailable, InternalError, UnknownError
+        │   ├── NonceUsedError      SignatureNonceUsed
+        │   ├── TransportError      connection reset, refused, timed out
+        │   └── ProtocolError       a body that is not the documented JSON
+        ├── FatalApiError           the process cannot send until an operator acts
+        │   ├── AuthError           InvalidAccessKeyId*, SignatureDoesNotMatch, Forbidden*
+        │   └── ClockSkewError      InvalidTimeStamp*
+        └── PermanentApiError       other 4xx: this request will never succeed as sent
+
+Cancellation is never wrapped: anyio's cancellation exceptions pass through untouched.
+Messages never contain secrets; callers build them from codes, ids and response excerpts.
+"""
+
+from __future__ import annotations
+
+
+class AckworkerError(Exception):
+    """Root of every error ackworker raises on purpose."""
+
+
+class ConfigError(AckworkerError):
+    """A setting is missing or invalid. ``str()`` is the one line shown to the operator."""
+
+
+class ApiError(AckworkerError):
+    """An attempt to call the Domain API failed.
+
+    ``retryable`` and ``fatal`` say what the caller should do; ``retry_after_s`` is the
+    server's ``x-acs-retry-after`` hint converted to seconds, when it sent one.
+    """
+
+    retryable: bool = False
+    fatal: bool = False
+
+    def __init__(
+        self,
+        code: str,
+        message: str = "",
+        *,
+        request_id: str | None = None,
+        http_status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.http_status = http_status
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        status = f" (HTTP {self.http_status})" if self.http_status is not None else ""
+        rid = f" [request {self.request_id}]" if self.request_id else ""
+        text = f": {self.message}" if self.message else ""
+        return f"{self.code}{status}{text}{rid}"
+
+    def summary(self) -> str:
+        """Short ``code: message`` form for dead letters, capped at 300 characters."""
+        text = f"{self.code}: {self.message}" if self.message else self.code
+        return text[:300]
+
+
+class RetryableApiError(ApiError):
+    """Transient: the same request may succeed on a later, re-signed attempt."""
+
+    retryable = True
+
+
+class ThrottledError(RetryableApiError):
+    """The account's flow control refused the request (``Throttling*``)."""
+
+
+class ServerError(RetryableApiError):
+    """The service failed internally (5xx, ``ServiceUnavailable``, ``InternalError``...)."""
+
+
+class NonceUsedError(RetryableApiError):
+    """``SignatureNonceUsed``: a fresh nonce on the next attempt fixes it."""
+
+
+class TransportError(RetryableApiError):
+    """No usable HTTP answer: connection refused or reset, or the request timed out."""
+
+
+class ProtocolError(RetryableApiError):
+    """The answer was not the documented JSON (an HTML page, truncated JSON, no ``Result``)."""
+
+
+class FatalApiError(ApiError):
+    """Sending cannot work until an operator fixes credentials, permissions or the clock."""
+
+    fatal = True
+
+
+class AuthError(FatalApiError):
+    """Credentials were refused or lack permission."""
+
+
+class ClockSkewError(FatalApiError):
+    """The request timestamp was refused: this host's clock is off by more than 15 minutes."""
+
+
+class PermanentApiError(ApiError):
+    """The service rejected this request as sent (``InvalidParameter`` and other 4xx)."""
+
+
+_PREFIX_CLASSES: tuple[tuple[str, type[ApiError]], ...] = (
+    ("Throttling", ThrottledError),
+    ("InvalidAccessKeyId", AuthError),
+    ("Forbidden", AuthError),
+    ("InvalidTimeStamp", ClockSkewError),
+)
+_EXACT_CLASSES: dict[str, type[ApiError]] = {
+    "SignatureDoesNotMatch": AuthError,
+    "IncompleteSignature": AuthError,
+    "InvalidSecurityToken.Expired": AuthError,
+    "InvalidSecurityToken.Malformed": AuthError,
+    "InvalidSecurityToken.MismatchWithAccessKey": AuthError,
+    "SignatureNonceUsed": NonceUsedError,
+    "ServiceUnavailable": ServerError,
+    "InternalError": ServerError,
+    "UnknownError": ServerError,
+}
+
+
+def error_class_for(code: str, http_status: int) -> type[ApiError]:
+    """Map an API error code and HTTP status to the class that says how to handle it.
+
+    Codes decide first (the service answers throttling with HTTP 400), then the status.
+    """
+    exact = _EXACT_CLASSES.get(code)
+    if exact is not None:
+        return exact
+    for prefix, cls in _PREFIX_CLASSES:
+        if code.startswith(prefix):
+            return cls
+    if http_status >= 500:
+        return ServerError
+    if http_status == 429:
+        return ThrottledError
+    return PermanentApiError
