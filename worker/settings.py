@@ -1,0 +1,399 @@
+"""Settings: one frozen, validated object built at the edge of the process.
+
+Precedence is built-in defaults < TOML file < environment. The file (``--config``, else
+``ACKWORKER_CONFIG``) uses the setting names at top level; each variable is the name upper-cased
+with the ``ACKWORKER_`` prefix. This module and :mod:`worker.credentials` are the only readers of
+the environment, and only through the mapping passed in; everything else receives a
+:class:`Settings`.
+
+Every setting is one row of ``_SPECS`` (type, bounds or choices, one-line doc), so a new setting
+is a field on :class:`Settings` plus one row. A bad value stops start-up with a one-line
+:class:`~worker.errors.ConfigError` naming the variable, the value (URL passwords masked) and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Literal
+from urllib.parse import SplitResult, urlsplit
+
+from worker.credentials import CredentialSource, credential_source_from_env
+from worker.errors import ConfigError
+
+ENV_PREFIX = "ACKWORKER_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+_SHOW_MAX = 80  # characters of a bad value's repr shown in an error
+
+
+def _default_consumer() -> str:
+    """``<hostname>-<pid>``, made valid: whitespace replaced, clipped to 128 characters."""
+    pid = str(os.getpid())
+    host = "".join(c if c.isprintable() and not c.isspace() else "_" for c in socket.gethostname())
+    return f"{host[: 127 - len(pid)]}-{pid}"
+
+
+def _no_sources() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Settings:
+    """Every tunable of the worker. Build it with :func:`load_settings`, which validates.
+
+    Units are in the names (``_ms``, ``_s``); ``rate_limit`` is requests per second.
+    ``sources`` maps each setting to ``default``, ``file:<path>`` or ``env:<VARIABLE>``.
+    """
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "ackworker"
+    consumer: str = field(default_factory=_default_consumer)
+    endpoint: str = "https://domain.aliyuncs.com"
+    signature: Literal["v3", "v1"] = "v3"
+    lang: Literal["en", "zh"] = "en"
+    user_client_ip: str | None = None
+    batch_size: int = 100
+    linger_ms: int = 200
+    concurrency: int = 4
+    rate_limit: float = 10.0  # requests per second, shared by all in-flight requests
+    max_attempts: int = 6
+    claim_idle_ms: int = 60000
+    dedupe_ttl_s: int = 86400
+    shutdown_grace_s: float = 25.0
+    http_timeout_s: float = 15.0
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "info"
+    credentials: CredentialSource
+    sources: Mapping[str, str] = field(
+        default_factory=_no_sources, compare=False, hash=False, repr=False
+    )
+
+    @property
+    def connect_timeout_s(self) -> float:
+        """Seconds allowed to open a connection: ``min(5.0, http_timeout_s)``."""
+        return min(5.0, self.http_timeout_s)
+
+    def __repr__(self) -> str:
+        # The generated repr would print a password embedded in a URL.
+        parts = [
+            f"{f.name}={_masked(f.name, getattr(self, f.name))!r}" for f in fields(self) if f.repr
+        ]
+        return f"Settings({', '.join(parts)})"
+
+
+# --- Specs: one row per setting ----------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A value failed a check; ``args[0]`` completes ``<where>=<value> ...``."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    name: str
+    kind: type[Any]  # str, int or float: the TOML type required and how env text is parsed
+    allowed: str  # completes "...: " in error messages
+    doc: str
+    check: Callable[[Any], Any]  # validates a typed value and returns it normalized
+    optional: bool = False  # an empty value means unset (None)
+    url: bool = False  # mask a password before showing the value
+
+
+def _int(name: str, lo: int, hi: int, doc: str) -> _Spec:
+    def check(value: int) -> int:
+        if not lo <= value <= hi:
+            raise _Invalid("is out of range")
+        return value
+
+    return _Spec(name, int, f"must be an integer from {lo} to {hi}", doc, check)
+
+
+def _float(name: str, lo: float, hi: float, doc: str, *, lo_open: bool = False) -> _Spec:
+    def check(value: float) -> float:
+        if not math.isfinite(value):
+            raise _Invalid("is not a finite number")
+        if value < lo or value > hi or (lo_open and value == lo):
+            raise _Invalid("is out of range")
+        return float(value)
+
+    span = f"greater than {lo:g} and at most {hi:g}" if lo_open else f"from {lo:g} to {hi:g}"
+    return _Spec(name, float, f"must be a number {span}", doc, check)
+
+
+def _choice(name: str, options: tuple[str, ...], doc: str, *, fold_case: bool = False) -> _Spec:
+    def check(value: str) -> str:
+        key = value.lower() if fold_case else value
+        if key not in options:
+            raise _Invalid("is not allowed")
+        return key
+
+    return _Spec(name, str, f"must be one of {', '.join(options)}", doc, check)
+
+
+def _check_redis_url(url: str) -> str:
+    parts = _split_url(url, ("redis", "rediss", "unix"))
+    if parts.scheme == "unix" and not parts.path:
+        raise _Invalid("has no socket path")
+    if parts.scheme != "unix" and not re.fullmatch(r"/?[0-9]*", parts.path):
+        raise _Invalid("has a database number that is not an integer")
+    return url
+
+
+def _check_endpoint(url: str) -> str:
+    parts = _split_url(url, ("http", "https"))
+    if "?" in url or "#" in url or "@" in parts.netloc:
+        raise _Invalid("has a query, fragment, user or password")
+    return url.rstrip("/")
+
+
+def _split_url(url: str, schemes: tuple[str, ...]) -> SplitResult:
+    # urlsplit silently drops tabs and newlines, so refuse them before it can.
+    if not url.isprintable() or any(c.isspace() for c in url):
+        raise _Invalid("contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError unless a number from 0 to 65535
+    except ValueError:
+        raise _Invalid("is not a valid URL") from None
+    if parts.scheme not in schemes:
+        raise _Invalid("has an unsupported scheme")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise _Invalid("has no host")
+    if port == 0:
+        raise _Invalid("has port 0")
+    return parts
+
+
+def _check_key_prefix(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:{}-]{1,64}", value):
+        raise _Invalid("is not valid")
+    return value
+
+
+def _check_consumer(value: str) -> str:
+    if not 1 <= len(value) <= 128 or not value.isprintable() or any(c.isspace() for c in value):
+        raise _Invalid("is not valid")
+    return value
+
+
+def _check_ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise _Invalid("is not an IP address") from None
+
+
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+# One setting per row reads as the table it is, so the formatter leaves it alone.
+# fmt: off
+_SPECS: tuple[_Spec, ...] = (
+    _Spec("redis_url", str, "must be a redis://, rediss:// or unix:// URL",
+          "Redis URL: redis://, rediss:// (TLS) or unix://; may hold a password.",
+          _check_redis_url, url=True),
+    _Spec("key_prefix", str, "must be 1 to 64 characters of A-Z a-z 0-9 _ . : - { }",
+          "Prefix of every Redis key; {braces} keep all keys in one cluster slot.",
+          _check_key_prefix),
+    _Spec("consumer", str, "must be 1 to 128 printable characters with no whitespace",
+          "Consumer name in the stream's group; unique and stable per worker.", _check_consumer),
+    _Spec("endpoint", str, "must be an http(s):// URL with a host, no query, fragment or user",
+          "Domain API endpoint; a trailing slash is removed.", _check_endpoint, url=True),
+    _choice("signature", ("v3", "v1"), "Signing: v3 (ACS3-HMAC-SHA256) or v1 (HMAC-SHA1)."),
+    _choice("lang", ("en", "zh"), "Language of the API's error messages."),
+    _Spec("user_client_ip", str, "must be an IPv4 or IPv6 address",
+          "UserClientIp sent with each request; unset sends none.", _check_ip, optional=True),
+    _int("batch_size", 1, 1000, "Most task-detail numbers acknowledged in one request."),
+    _int("linger_ms", 0, 60000, "Milliseconds to wait for a batch to fill before sending it."),
+    _int("concurrency", 1, 256, "Most API requests in flight at once."),
+    _float("rate_limit", 0, 100000, "API requests per second, at most.", lo_open=True),
+    _int("max_attempts", 1, 100, "Attempts per batch before its ids are dead-lettered."),
+    _int("claim_idle_ms", 1000, 86400000, "Milliseconds idle before a stuck entry is claimed."),
+    _int("dedupe_ttl_s", 0, 2592000, "Seconds acknowledged ids are remembered; 0 disables."),
+    _float("shutdown_grace_s", 0, 3600, "Seconds to finish in-flight work on shutdown."),
+    _float("http_timeout_s", 0, 300, "Seconds per API request; connect: min(5, this).",
+           lo_open=True),
+    _choice("log_format", ("json", "console"), "Log lines as JSON, or coloured for people."),
+    _choice("log_level", _LEVELS, "Lowest level logged (any case).", fold_case=True),
+)
+# fmt: on
+_SPEC_BY_NAME = {spec.name: spec for spec in _SPECS}
+
+ENV_NAMES: Mapping[str, str] = MappingProxyType(
+    {spec.name: ENV_PREFIX + spec.name.upper() for spec in _SPECS}
+)
+"""Setting name -> environment variable name."""
+
+
+def _default_text(name: str) -> str:
+    """The default as a TOML literal, or a description when it has none."""
+    default = Settings.__dataclass_fields__[name].default
+    if default is MISSING:
+        return "<hostname>-<pid>"
+    return "unset" if default is None else json.dumps(default)
+
+
+SETTINGS_DOC: tuple[tuple[str, str, str, str], ...] = tuple(
+    (spec.name, ENV_NAMES[spec.name], _default_text(spec.name), spec.doc) for spec in _SPECS
+)
+"""(name, environment variable, default as TOML, one-line doc) per setting, for docs."""
+
+
+# --- Loading -----------------------------------------------------------------------------
+
+
+def load_settings(config_path: str | None, environ: Mapping[str, str]) -> Settings:
+    """Build :class:`Settings` from defaults, the TOML file and ``environ``, then load
+    credentials once so that bad ones stop start-up. Raises ConfigError (one line)."""
+    path = config_path or environ.get(CONFIG_ENV) or None
+    table = _read_file(path, from_env=not config_path) if path else {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for spec in _SPECS:
+        env_name = ENV_NAMES[spec.name]
+        if env_name in environ:
+            values[spec.name] = _parse(spec, environ[env_name], env_name, from_env=True)
+            sources[spec.name] = f"env:{env_name}"
+        elif spec.name in table:
+            where = f"{path}: {spec.name}"
+            values[spec.name] = _parse(spec, table[spec.name], where, from_env=False)
+            sources[spec.name] = f"file:{path}"
+        else:
+            sources[spec.name] = "default"
+    credentials = credential_source_from_env(environ)
+    credentials.load()
+    return Settings(**values, credentials=credentials, sources=MappingProxyType(sources))
+
+
+def _read_file(path: str, *, from_env: bool) -> dict[str, Any]:
+    label = f"config file {path!r}" + (f" ({CONFIG_ENV})" if from_env else "")
+    try:
+        with open(path, "rb") as file:
+            table = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"{label} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{label} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{label} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{label} is not valid TOML: {exc}") from None
+    for key in table:
+        if key not in _SPEC_BY_NAME:
+            raise ConfigError(f"{path}: unknown setting {key!r}{_suggest(key)}")
+    return table
+
+
+def _suggest(key: str) -> str:
+    guess = key.lower().removeprefix(ENV_PREFIX.lower())
+    close = difflib.get_close_matches(guess, list(_SPEC_BY_NAME), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _parse(spec: _Spec, raw: object, where: str, *, from_env: bool) -> Any:
+    try:
+        typed = _from_text(spec.kind, raw) if from_env else _from_toml(spec.kind, raw)
+        return None if spec.optional and typed == "" else spec.check(typed)
+    except _Invalid as exc:
+        shown = _show(_masked(spec.name, raw))
+        raise ConfigError(f"{where}={shown} {exc.args[0]}: {spec.allowed}") from None
+
+
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_TYPE_PROBLEM = {int: "is not an integer", float: "is not a number", str: "is not a string"}
+
+
+def _from_text(kind: type[Any], text: Any) -> Any:
+    """Environment text to the setting's type; stricter than int()/float() (no "1e3" ints,
+    no "nan", no "1_000", no surrounding spaces)."""
+    if kind is int and _INT_TEXT.fullmatch(text):
+        try:
+            return int(text)
+        except ValueError:  # more digits than Python converts
+            raise _Invalid("is out of range") from None
+    if kind is float and _FLOAT_TEXT.fullmatch(text):
+        return float(text)
+    if kind is str:
+        return text
+    raise _Invalid(_TYPE_PROBLEM[kind])
+
+
+def _from_toml(kind: type[Any], value: object) -> Any:
+    accepted = (int, float) if kind is float else kind
+    # bool is a subclass of int, but `true` is not a count.
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        raise _Invalid(_TYPE_PROBLEM[kind])
+    return value
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 3] + "..."
+
+
+def _masked(name: str, value: object) -> object:
+    spec = _SPEC_BY_NAME.get(name)
+    if spec is not None and spec.url and isinstance(value, str):
+        return mask_url_password(value)
+    return value
+
+
+def mask_url_password(url: str) -> str:
+    """``url`` with any password replaced by ``***``: in ``user:password@`` (a lone
+    ``user@`` is masked whole, since some clients read it as a password) and in a
+    ``password=`` query parameter. Works on malformed URLs too."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if sep and at:
+        user, colon, _ = userinfo.partition(":")
+        rest = (f"{user}:***" if colon else "***") + at + hostpart
+    masked = scheme + sep + rest if sep else url
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", masked)
+
+
+# --- Describing --------------------------------------------------------------------------
+
+
+def describe_settings(settings: Settings) -> str:
+    """Lines ``name = value  (source)``, aligned, for ``ackworker check-config``.
+
+    Loads the credentials to show them masked: the key id as its first 4 characters and
+    ``***``, the secret and token as ``***``; URL passwords as ``***``.
+    """
+    creds = settings.credentials.load()
+    rows = [
+        (
+            spec.name,
+            _display(_masked(spec.name, getattr(settings, spec.name))),
+            f"({settings.sources.get(spec.name, 'default')})",
+        )
+        for spec in _SPECS
+    ]
+    rows += [
+        ("access_key_id", creds.masked_key_id(), ""),
+        ("access_key_secret", "***", ""),
+        ("security_token", "unset" if creds.security_token is None else "***", ""),
+        ("credentials", settings.credentials.describe(), ""),
+    ]
+    name_width = max(len(name) for name, _, _ in rows)
+    value_width = max(len(value) for _, value, source in rows if source)
+    lines = [
+        f"{name:<{name_width}} = {value:<{value_width}}  {source}"
+        if source
+        else f"{name:<{name_width}} = {value}"
+        for name, value, source in rows
+    ]
+    return "\n".join(lines)
+
+
+def _display(value: object) -> str:
+    return "unset" if value is None else str(value)
