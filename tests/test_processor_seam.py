@@ -1,0 +1,123 @@
+"""The pipeline on a real redis-server with a scripted API at the Acknowledger seam.
+
+Covers the outcomes the stand-in cannot produce on demand (overcount) and the decision paths
+(split on a permanent error, retries exhausted, shortfall after the resend).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.conftest import RedisServer
+from tests.harness import (
+    ScriptedApi,
+    drained,
+    make_settings,
+    running_worker,
+    stream_fields,
+    wait_for,
+)
+from worker.client import AckResult
+from worker.errors import PermanentApiError, ServerError
+from worker.keys import Keys
+from worker.producer import enqueue
+
+pytestmark = pytest.mark.anyio
+
+IDS = [f"{i:032x}" for i in range(1, 26)]
+
+
+async def test_all_confirmed_and_settled(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, IDS)
+    api = ScriptedApi()
+    settings = make_settings(redis_server.url, prefix)
+    async with running_worker(settings, redis, api) as worker:
+        await wait_for(lambda: drained(redis, prefix), what="backlog settled")
+    sent = [n for call in api.calls for n in call]
+    assert sorted(sent) == sorted(IDS)
+    assert all(len(call) <= settings.batch_size for call in api.calls)
+    assert worker.totals.confirmed == len(IDS)
+    assert await redis.xlen(keys.dead) == 0
+    assert await redis.xlen(keys.reconcile) == 0
+    pending = await redis.xpending(keys.tasks, keys.group)
+    assert pending["pending"] == 0
+
+
+async def test_overcount_is_recorded_and_settled(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, IDS[:5])
+    api = ScriptedApi(lambda ids, n: AckResult(len(ids) + 2, f"req-{n}"))
+    async with running_worker(make_settings(redis_server.url, prefix), redis, api) as worker:
+        await wait_for(lambda: drained(redis, prefix), what="backlog settled")
+    records = await stream_fields(redis, keys.reconcile)
+    assert [r["kind"] for r in records] == ["overcount"]
+    assert records[0]["overcount"] == "2"
+    assert worker.totals.confirmed == 5
+
+
+async def test_permanent_error_splits_until_the_bad_number(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    bad = IDS[3]
+    await enqueue(redis, keys, IDS[:8], task_no="T1")
+
+    def behave(ids: Sequence[str], n: int) -> AckResult:
+        if bad in ids:
+            raise PermanentApiError("InvalidParameter", "bad number", request_id=f"req-{n}")
+        return AckResult(len(ids), f"req-{n}")
+
+    api = ScriptedApi(behave)
+    settings = make_settings(redis_server.url, prefix, linger_ms=200)
+    async with running_worker(settings, redis, api) as worker:
+        await wait_for(lambda: drained(redis, prefix), what="backlog settled")
+    dead = await stream_fields(redis, keys.dead)
+    assert [(d["id"], d["reason"], d["task_no"]) for d in dead] == [(bad, "rejected", "T1")]
+    assert "InvalidParameter" in dead[0]["error"]
+    assert worker.totals.confirmed == 7
+
+
+async def test_retries_exhausted_dead_letters_every_id(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, IDS[:3])
+
+    def behave(ids: Sequence[str], n: int) -> AckResult:
+        raise ServerError("ServiceUnavailable", "down", http_status=503)
+
+    api = ScriptedApi(behave)
+    settings = make_settings(redis_server.url, prefix, linger_ms=100)
+    async with running_worker(settings, redis, api):
+        await wait_for(lambda: drained(redis, prefix), what="backlog settled")
+    dead = await stream_fields(redis, keys.dead)
+    assert sorted(d["id"] for d in dead) == sorted(IDS[:3])
+    assert {d["reason"] for d in dead} == {"retries_exhausted"}
+    assert {d["attempts"] for d in dead} == {"3"}
+    assert len(api.calls) == 3
+
+
+async def test_shortfall_resends_once_then_reconciles(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, IDS[:4])
+    api = ScriptedApi(lambda ids, n: AckResult(1 if n == 1 else 0, f"req-{n}"))
+    settings = make_settings(redis_server.url, prefix, linger_ms=200)
+    async with running_worker(settings, redis, api) as worker:
+        await wait_for(lambda: drained(redis, prefix), what="backlog settled")
+    assert len(api.calls) == 2 and api.calls[0] == api.calls[1]
+    records = await stream_fields(redis, keys.reconcile)
+    assert len(records) == 1
+    record = records[0]
+    assert (record["submitted"], record["confirmed"], record["shortfall"]) == ("4", "1", "3")
+    assert record["request_ids"] == '["req-1","req-2"]'
+    assert worker.totals.shortfall == 3

@@ -1,0 +1,169 @@
+"""Stream entries: parsing the input contract, and what a batch carries.
+
+An entry of ``<prefix>:tasks`` has field ``id`` (the TaskDetailNo) and may have ``task_no``
+and ``domain``; other fields are ignored. Fields arrive as raw bytes and are never decoded
+blindly, so an entry of binary garbage is reported, not raised.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import orjson
+
+MAX_ID_LEN = 64
+_VALID_ID = re.compile(rb"[A-Za-z0-9_-]{1,64}").fullmatch
+_META_MAX = 256
+_RAW_MAX_BYTES = 300
+
+RawFields = dict[bytes, bytes]
+
+
+def is_valid_id(value: str) -> bool:
+    """1 to 64 characters of letters, digits, ``-`` and ``_``."""
+    return _VALID_ID(value.encode("utf-8", "surrogatepass")) is not None
+
+
+@dataclass(slots=True)
+class Entry:
+    """One valid stream entry, held until its outcome is settled."""
+
+    entry_id: bytes
+    number: str
+    task_no: str | None = None
+    domain: str | None = None
+    delivered: int = 1
+    # Set once a request carrying this entry's number may have reached the API; such an
+    # entry is never handed back on shutdown, because its outcome is unknown.
+    sent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidEntry:
+    """An entry without a valid id; dead-lettered with reason ``invalid_id``."""
+
+    entry_id: bytes
+    error: str
+    raw: str
+
+
+def _meta(value: bytes | None) -> str | None:
+    if not value:
+        return None
+    return value[:_META_MAX].decode("utf-8", "replace")
+
+
+def raw_excerpt(fields: RawFields) -> str:
+    """The raw fields as JSON, truncated, so an operator can see what arrived."""
+    readable = {
+        k[:64].decode("utf-8", "backslashreplace"): v[:128].decode("utf-8", "backslashreplace")
+        for k, v in list(fields.items())[:16]
+    }
+    text = orjson.dumps(readable).decode()
+    return text if len(text) <= _RAW_MAX_BYTES else text[:_RAW_MAX_BYTES] + "..."
+
+
+def _describe_bad_id(value: bytes | None) -> str:
+    if value is None:
+        return "field 'id' is missing"
+    if not value:
+        return "field 'id' is empty"
+    if len(value) > MAX_ID_LEN:
+        return f"field 'id' is {len(value)} bytes long, at most {MAX_ID_LEN} allowed"
+    return "field 'id' holds characters other than letters, digits, '-' and '_'"
+
+
+def parse_entry(entry_id: bytes, fields: RawFields, delivered: int = 1) -> Entry | InvalidEntry:
+    """Validate one raw stream entry."""
+    value = fields.get(b"id")
+    if value is not None and _VALID_ID(value):
+        return Entry(
+            entry_id=entry_id,
+            number=value.decode("ascii"),
+            task_no=_meta(fields.get(b"task_no")),
+            domain=_meta(fields.get(b"domain")),
+            delivered=delivered,
+        )
+    return InvalidEntry(entry_id, _describe_bad_id(value), raw_excerpt(fields))
+
+
+_batch_counter = 0
+
+
+def _next_batch_id(consumer: str) -> str:
+    global _batch_counter
+    _batch_counter += 1
+    return f"{consumer}-{_batch_counter}"
+
+
+@dataclass(slots=True)
+class Batch:
+    """Entries grouped for one request: each unique number is sent once.
+
+    ``groups`` maps a number to every entry carrying it, so duplicates inside a batch ride
+    along with the first and settle with its outcome.
+    """
+
+    batch_id: str
+    groups: dict[str, list[Entry]] = field(default_factory=dict)
+    # How often these numbers were found busy (leased by another request) and put back.
+    rechecks: int = 0
+
+    @classmethod
+    def new(cls, consumer: str) -> Batch:
+        """An empty batch with a process-unique id."""
+        return cls(_next_batch_id(consumer))
+
+    @property
+    def numbers(self) -> list[str]:
+        """Unique numbers in arrival order."""
+        return list(self.groups)
+
+    @property
+    def size(self) -> int:
+        """Entries carried, duplicates included."""
+        return sum(len(g) for g in self.groups.values())
+
+    def add(self, entry: Entry) -> None:
+        """Add an entry; a number already present rides along."""
+        group = self.groups.get(entry.number)
+        if group is None:
+            self.groups[entry.number] = [entry]
+        else:
+            group.append(entry)
+
+    def entries(self) -> list[Entry]:
+        """Every entry carried."""
+        return [e for g in self.groups.values() for e in g]
+
+    def subset(self, numbers: list[str], batch_id: str | None = None) -> Batch:
+        """A batch of just ``numbers`` (for splits and resends)."""
+        return Batch(batch_id or self.batch_id, {n: self.groups[n] for n in numbers})
+
+
+class Holdings:
+    """Every entry this process has read and not yet settled, by stream id.
+
+    The prefetch bound is enforced upstream; this registry is what shutdown hands back.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[bytes, Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def add(self, entries: list[Entry]) -> None:
+        """Record entries just read or claimed."""
+        for e in entries:
+            self._held[e.entry_id] = e
+
+    def discard(self, entries: list[Entry]) -> None:
+        """Forget settled or handed-back entries."""
+        for e in entries:
+            self._held.pop(e.entry_id, None)
+
+    def unsent(self) -> list[Entry]:
+        """Entries no request has carried yet: safe to hand back to the group."""
+        return [e for e in self._held.values() if not e.sent]

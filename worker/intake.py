@@ -1,0 +1,111 @@
+"""The intake loop: reads and claims entries and closes batches, until asked to stop.
+
+Lingering is done by Redis: with a batch open, XREADGROUP blocks only for the time the batch
+has left, so no timer task exists and no entry ever waits in a cancellable hand-off between
+stages. The bounded batch stream is the prefetch bound: with ``concurrency`` batches queued
+and ``concurrency`` being sent, a process holds about 2 × concurrency × batch_size entries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import ObjectSendStream
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.batcher import BatchAssembler
+from worker.clock import SYSTEM_CLOCK, Clock
+from worker.entries import Batch, Entry, Holdings
+from worker.logs import get_logger
+from worker.source import StreamSource
+
+log = get_logger("intake")
+
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeConfig:
+    """Sizes in entries, times in milliseconds."""
+
+    consumer: str
+    batch_size: int
+    linger_ms: int
+    claim_every_ms: int
+    idle_block_ms: int = 500
+
+
+class Intake:
+    """Feeds ``batches`` from the stream; closes it when stopping, after the open batch."""
+
+    def __init__(
+        self,
+        source: StreamSource,
+        holdings: Holdings,
+        batches: ObjectSendStream[Batch],
+        config: IntakeConfig,
+        stopping: anyio.Event,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._source = source
+        self._holdings = holdings
+        self._batches = batches
+        self._config = config
+        self._stopping = stopping
+        self._clock = clock
+        self._assembler = BatchAssembler(config.batch_size, config.linger_ms, config.consumer)
+        self._next_claim = 0.0
+        self._redis_failures = 0
+
+    async def run(self) -> None:
+        """Loop until ``stopping`` is set; then send the open batch and close the stream."""
+        async with self._batches:
+            while not self._stopping.is_set():
+                try:
+                    await self._step()
+                    self._redis_failures = 0
+                except REDIS_ERRORS as exc:
+                    await self._redis_down(exc)
+            last = self._assembler.take_open()
+            if last is not None:
+                await self._batches.send(last)
+
+    async def _step(self) -> None:
+        now = self._clock.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + self._config.claim_every_ms / 1000.0
+            await self._take(await self._source.claim_stale(self._assembler.room))
+        expired = self._assembler.take_expired(self._clock.monotonic())
+        if expired is not None:
+            await self._batches.send(expired)
+            return
+        await self._take(await self._source.read(self._assembler.room, self._block_ms()))
+
+    def _block_ms(self) -> int:
+        now = self._clock.monotonic()
+        left = self._assembler.time_left_s(now)
+        block = self._config.idle_block_ms if left is None else math.ceil(left * 1000.0)
+        until_claim = math.ceil((self._next_claim - now) * 1000.0)
+        # XREADGROUP's BLOCK 0 means forever, so never ask for less than 1 ms.
+        return max(1, min(block, until_claim))
+
+    async def _take(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        self._holdings.add(entries)
+        for batch in self._assembler.feed(entries, self._clock.monotonic()):
+            await self._batches.send(batch)
+
+    async def _redis_down(self, exc: BaseException) -> None:
+        self._redis_failures += 1
+        delay = min(5.0, 0.1 * 2 ** min(self._redis_failures, 6))
+        log.warning(
+            "redis.unavailable",
+            error=f"{type(exc).__name__}: {exc}"[:300],
+            retry_in_s=delay,
+            failures=self._redis_failures,
+        )
+        await self._clock.sleep(delay)

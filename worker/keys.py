@@ -1,0 +1,58 @@
+"""Every Redis key ackworker uses, named in one place.
+
+With ``cluster=True`` the prefix is wrapped in a ``{...}`` hash tag so that every key of a
+prefix lands in one hash slot and Lua scripts may touch several of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names derived from ``ACKWORKER_KEY_PREFIX``."""
+
+    prefix: str
+
+    @classmethod
+    def for_prefix(cls, prefix: str, *, cluster: bool = False) -> Keys:
+        """Keys for ``prefix``; in cluster mode the prefix becomes a hash tag."""
+        if cluster and not (prefix.startswith("{") and prefix.endswith("}")):
+            prefix = "{" + prefix + "}"
+        return cls(prefix)
+
+    @property
+    def group(self) -> str:
+        """The consumer group every ``ackworker run`` joins."""
+        return self.prefix
+
+    @property
+    def tasks(self) -> str:
+        """Stream of task-detail numbers to acknowledge (the input contract)."""
+        return f"{self.prefix}:tasks"
+
+    @property
+    def dead(self) -> str:
+        """Stream of dead letters, one entry per number."""
+        return f"{self.prefix}:dead"
+
+    @property
+    def reconcile(self) -> str:
+        """Stream of batches whose ``Result`` did not match what was sent."""
+        return f"{self.prefix}:reconcile"
+
+    @property
+    def limiter(self) -> str:
+        """Hash holding the fleet's shared rate-limit state (GCRA and adaptive rate)."""
+        return f"{self.prefix}:limiter"
+
+    @property
+    def inflight(self) -> str:
+        """Hash of numbers being sent right now: number -> ``consumer|lease deadline ms``."""
+        return f"{self.prefix}:inflight"
+
+    @property
+    def seen_prefix(self) -> str:
+        """Prefix of the dedupe memory buckets ``<prefix>:seen:<bucket>:<shard>``."""
+        return f"{self.prefix}:seen:"

@@ -1,0 +1,258 @@
+"""One batch from reservation to settlement: dedupe → limiter → client → reconciler → settle.
+
+Every batch ends in exactly one ``batch.settled`` event, however it was split or retried.
+Outcomes per number: confirmed, duplicate, dead-lettered (``rejected``, ``retries_exhausted``),
+or recorded as a shortfall in ``<prefix>:reconcile``. Fatal answers never settle anything:
+the :class:`~worker.gate.SendGate` holds the batch until sending works again.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from worker.client import AckResult
+from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
+from worker.dedupe import Dedupe, Reservation
+from worker.entries import Batch, Entry, Holdings
+from worker.errors import ApiError, FatalApiError, PermanentApiError, ThrottledError
+from worker.gate import SendGate
+from worker.limiter import RateLimiter
+from worker.logs import get_logger
+from worker.reconciler import assess, needs_resend, reconcile_record
+from worker.retry import RetryPolicy
+from worker.settle import Settlement, Settler
+from worker.source import entry_dead_letter
+from worker.stats import Totals
+
+log = get_logger("processor")
+
+BUSY_RECHECK_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class Acknowledger(Protocol):
+    """The seam to the API (a :class:`~worker.client.DomainClient` in production)."""
+
+    async def acknowledge(self, ids: Sequence[str]) -> AckResult: ...
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What ``batch.settled`` says about one batch."""
+
+    batch_id: str
+    size: int
+    started: float
+    confirmed: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    shortfall: int = 0
+    attempts: int = 0
+    request_ids: list[str] = field(default_factory=list)
+
+    def fields(self, now: float) -> dict[str, Any]:
+        """The event's fields; ``latency_ms`` from reservation to the last settle."""
+        return {
+            "batch_id": self.batch_id,
+            "size": self.size,
+            "confirmed": self.confirmed,
+            "duplicates": self.duplicates,
+            "dead": self.dead,
+            "shortfall": self.shortfall,
+            "attempts": self.attempts,
+            "latency_ms": round((now - self.started) * 1000.0, 1),
+            "request_ids": self.request_ids,
+        }
+
+
+@dataclass(slots=True)
+class ProcessorDeps:
+    """Everything a :class:`Processor` talks to, built by the runner."""
+
+    dedupe: Dedupe
+    limiter: RateLimiter
+    client: Acknowledger
+    settler: Settler
+    gate: SendGate
+    policy: RetryPolicy
+    holdings: Holdings
+    totals: Totals
+    spawn: Callable[[Batch], None]
+    clock: Clock = SYSTEM_CLOCK
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class Processor:
+    """Takes batches to their outcome. One instance serves every sender task."""
+
+    def __init__(self, deps: ProcessorDeps) -> None:
+        self._d = deps
+
+    async def process(self, batch: Batch) -> None:
+        """Reserve, send and settle ``batch``; log one ``batch.settled``."""
+        d = self._d
+        report = BatchReport(batch.batch_id, batch.size, d.clock.monotonic())
+        statuses = await d.dedupe.reserve(batch.numbers)
+        by_status: dict[Reservation, list[str]] = {r: [] for r in Reservation}
+        for number, status in zip(batch.numbers, statuses, strict=True):
+            by_status[status].append(number)
+        if by_status[Reservation.CONFIRMED]:
+            await self._settle_duplicates(batch.subset(by_status[Reservation.CONFIRMED]), report)
+        if by_status[Reservation.BUSY]:
+            # Another request carries these numbers right now; decide once it has settled.
+            busy = batch.subset(by_status[Reservation.BUSY])
+            busy.rechecks = batch.rechecks + 1
+            report.size -= busy.size
+            d.spawn(busy)
+        if by_status[Reservation.GO]:
+            await self._deliver(batch.subset(by_status[Reservation.GO]), report)
+        d.totals.batches += 1
+        log.info("batch.settled", **report.fields(d.clock.monotonic()))
+
+    async def recheck_busy(self, batch: Batch) -> None:
+        """Process numbers that were busy, after a back-off that grows with each recheck.
+
+        Bounded: a lease lasts at most ``claim_idle_ms``, after which the number is free.
+        """
+        delay = BUSY_RECHECK_S[min(batch.rechecks, len(BUSY_RECHECK_S)) - 1]
+        await self._d.clock.sleep(delay)
+        await self.process(batch)
+
+    async def _deliver(self, batch: Batch, report: BatchReport) -> None:
+        outcome = await self._send(batch, report)
+        if isinstance(outcome, AckResult):
+            await self._reconcile(batch, outcome, report)
+        elif isinstance(outcome, PermanentApiError) and len(batch.groups) > 1:
+            numbers = batch.numbers
+            half = len(numbers) // 2
+            log.info("batch.split", batch_id=batch.batch_id, size=len(numbers), code=outcome.code)
+            await self._deliver(batch.subset(numbers[:half]), report)
+            await self._deliver(batch.subset(numbers[half:]), report)
+        else:
+            reason = "rejected" if isinstance(outcome, PermanentApiError) else "retries_exhausted"
+            await self._dead_letter(batch, reason, outcome, report)
+
+    async def _send(self, batch: Batch, report: BatchReport) -> AckResult | ApiError:
+        """Send until an answer or a final error; fatal answers wait at the gate."""
+        d = self._d
+        numbers = batch.numbers
+        failures = 0
+        while True:
+            await d.gate.wait_open()
+            await d.limiter.acquire()
+            for entry in batch.entries():
+                entry.sent = True
+            report.attempts += 1
+            d.totals.requests += 1
+            try:
+                result = await d.client.acknowledge(numbers)
+            except FatalApiError as exc:
+                await d.gate.on_fatal(exc)
+                continue
+            except ApiError as exc:
+                d.gate.on_answer()
+                if exc.request_id:
+                    report.request_ids.append(exc.request_id)
+                failures += 1
+                if not exc.retryable or failures >= d.policy.max_attempts:
+                    return exc
+                await self._back_off(batch, exc, failures)
+                continue
+            d.gate.on_answer()
+            report.request_ids.append(result.request_id)
+            return result
+
+    async def _back_off(self, batch: Batch, exc: ApiError, failures: int) -> None:
+        d = self._d
+        d.totals.retries[exc.code] += 1
+        if isinstance(exc, ThrottledError):
+            await d.limiter.throttled(exc.retry_after_s)
+        delay = d.policy.delay_s(failures, exc.retry_after_s, d.rng)
+        log.warning(
+            "api.retry_scheduled",
+            batch_id=batch.batch_id,
+            code=exc.code,
+            error=exc.summary(),
+            attempt=failures,
+            delay_s=round(delay, 3),
+        )
+        await d.clock.sleep(delay)
+
+    async def _reconcile(self, batch: Batch, first: AckResult, report: BatchReport) -> None:
+        d = self._d
+        submitted = len(batch.groups)
+        results = [first.result]
+        if needs_resend(submitted, first.result):
+            again = await self._send(batch, report)
+            if isinstance(again, AckResult):
+                results.append(again.result)
+        verdict = assess(submitted, results)
+        settlement = Settlement(ack=[e.entry_id for e in batch.entries()], release=batch.numbers)
+        riders = batch.size - submitted
+        report.duplicates += riders
+        d.totals.duplicates += riders
+        if verdict.shortfall:
+            record = reconcile_record(batch, verdict, report.request_ids, self._now())
+            settlement.reconcile.append(record)
+            report.shortfall += verdict.shortfall
+            d.totals.shortfall += verdict.shortfall
+            log.warning("batch.shortfall", **_verdict_fields(batch, verdict, report))
+        else:
+            settlement.confirmed = batch.numbers
+            if verdict.overcount:
+                settlement.reconcile.append(
+                    reconcile_record(batch, verdict, report.request_ids, self._now())
+                )
+                d.totals.overcount += verdict.overcount
+                log.error("batch.overcount", **_verdict_fields(batch, verdict, report))
+        report.confirmed += verdict.confirmed
+        d.totals.confirmed += verdict.confirmed
+        await self._settle(settlement, batch.entries())
+
+    async def _dead_letter(
+        self, batch: Batch, reason: str, exc: ApiError, report: BatchReport
+    ) -> None:
+        at = self._now()
+        settlement = Settlement(release=batch.numbers)
+        for entry in batch.entries():
+            settlement.ack.append(entry.entry_id)
+            record = entry_dead_letter(entry, reason, exc.summary(), report.attempts, at)
+            settlement.dead.append(record)
+        report.dead += batch.size
+        self._d.totals.dead[reason] += batch.size
+        log.warning(
+            "item.dead",
+            batch_id=batch.batch_id,
+            reason=reason,
+            count=batch.size,
+            code=exc.code,
+            error=exc.summary(),
+        )
+        await self._settle(settlement, batch.entries())
+
+    async def _settle_duplicates(self, batch: Batch, report: BatchReport) -> None:
+        entries = batch.entries()
+        report.duplicates += len(entries)
+        self._d.totals.duplicates += len(entries)
+        log.info("item.duplicate", batch_id=batch.batch_id, ids=batch.numbers)
+        await self._settle(Settlement(ack=[e.entry_id for e in entries]), entries)
+
+    async def _settle(self, settlement: Settlement, entries: list[Entry]) -> None:
+        await self._d.settler.settle(settlement)
+        self._d.holdings.discard(entries)
+
+    def _now(self) -> str:
+        return iso_utc(self._d.clock.now())
+
+
+def _verdict_fields(batch: Batch, verdict: Any, report: BatchReport) -> dict[str, Any]:
+    return {
+        "batch_id": batch.batch_id,
+        "submitted": verdict.submitted,
+        "confirmed": verdict.confirmed,
+        "shortfall": verdict.shortfall,
+        "overcount": verdict.overcount,
+        "request_ids": report.request_ids,
+    }

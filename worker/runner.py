@@ -1,0 +1,255 @@
+"""Wiring and shutdown: one task group owns every long-lived task of ``ackworker run``.
+
+Shutdown is two-phase. The first SIGTERM or SIGINT sets ``stopping``: the intake stops
+reading, sends the open batch and closes the batch stream; senders finish what is queued and
+in flight. If that takes longer than ``shutdown_grace_s``, or a second signal arrives,
+everything is cancelled. Either way the final step runs shielded (bounded): entries read
+but never sent are handed back to the group as new stream entries, so another consumer reads
+them at once; entries whose request may have reached the API stay pending in this consumer's
+PEL, where ``claim_idle_ms`` later another consumer claims them. Nothing is lost.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import anyio
+from anyio.abc import ObjectReceiveStream, TaskGroup, TaskStatus
+from redis.asyncio import Redis
+
+from worker.client import DomainClient
+from worker.clock import SYSTEM_CLOCK, Clock
+from worker.dedupe import Dedupe, DedupeConfig
+from worker.entries import Batch, Holdings
+from worker.gate import SendGate
+from worker.intake import REDIS_ERRORS, Intake, IntakeConfig
+from worker.keys import Keys
+from worker.limiter import RateLimiter
+from worker.logs import configure_logging, get_logger
+from worker.processor import Acknowledger, Processor, ProcessorDeps
+from worker.redis_conn import make_redis
+from worker.retry import RetryPolicy
+from worker.settings import Settings
+from worker.settle import Settler
+from worker.source import SourceConfig, StreamSource, ensure_group
+from worker.stats import Totals
+
+log = get_logger("worker")
+
+FINAL_WRITE_S = 10.0
+
+
+@dataclass(slots=True)
+class WorkerParts:
+    """What a worker talks to; tests build these to run a worker in-process."""
+
+    redis: Redis
+    client: Acknowledger
+    keys: Keys
+    policy: RetryPolicy
+    reload_credentials: Callable[[], None] | None = None
+    clock: Clock = SYSTEM_CLOCK
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class Worker:
+    """One ``ackworker run`` consumer. :meth:`run` returns the totals when it has stopped."""
+
+    def __init__(self, settings: Settings, parts: WorkerParts) -> None:
+        self._s = settings
+        self._p = parts
+        self.totals = Totals()
+        self.holdings = Holdings()
+        self._stopping = anyio.Event()
+        self._hard = anyio.CancelScope()
+        self._tg: TaskGroup | None = None
+        settler = Settler(parts.redis, parts.keys, dedupe_ttl_s=settings.dedupe_ttl_s)
+        self._settler = settler
+        self._source = StreamSource(
+            parts.redis,
+            parts.keys,
+            settler,
+            SourceConfig(settings.consumer, settings.claim_idle_ms, settings.max_attempts),
+            parts.clock,
+        )
+        self._processor = Processor(self._deps(settler))
+
+    def _deps(self, settler: Settler) -> ProcessorDeps:
+        s, p = self._s, self._p
+        reload = p.reload_credentials or (lambda: None)
+        return ProcessorDeps(
+            dedupe=Dedupe(
+                p.redis, p.keys, s.consumer, DedupeConfig(s.dedupe_ttl_s, s.claim_idle_ms)
+            ),
+            limiter=RateLimiter(p.redis, p.keys.limiter, s.rate_limit, p.clock),
+            client=p.client,
+            settler=settler,
+            gate=SendGate(p.policy, p.clock, reload),
+            policy=p.policy,
+            holdings=self.holdings,
+            totals=self.totals,
+            spawn=self._spawn_recheck,
+            clock=p.clock,
+            rng=p.rng,
+        )
+
+    def request_stop(self) -> None:
+        """First call: drain within the grace period. Second call: stop at once."""
+        if not self._stopping.is_set():
+            log.info("worker.draining", grace_s=self._s.shutdown_grace_s, held=len(self.holdings))
+            self._stopping.set()
+            if self._tg is not None:
+                self._tg.start_soon(self._grace_timer)
+        else:
+            log.warning("worker.stopping_now", held=len(self.holdings))
+            self._hard.cancel()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> Totals:
+        """Consume until stopped; ``task_status.started()`` fires once the group exists."""
+        await ensure_group(self._p.redis, self._p.keys)
+        log.info("worker.started", consumer=self._s.consumer, **self._public_settings())
+        try:
+            with self._hard:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    task_status.started()
+                    await self._pipeline()
+                    tg.cancel_scope.cancel()  # ends the grace timer and busy rechecks
+        finally:
+            await self._final_writes()
+        return self.totals
+
+    async def _pipeline(self) -> None:
+        s = self._s
+        send, receive = anyio.create_memory_object_stream[Batch](max_buffer_size=s.concurrency)
+        claim_every_ms = max(100, min(s.claim_idle_ms // 2, 30_000))
+        config = IntakeConfig(s.consumer, s.batch_size, s.linger_ms, claim_every_ms)
+        intake = Intake(self._source, self.holdings, send, config, self._stopping, self._p.clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(intake.run)
+            with receive:
+                for _ in range(s.concurrency):
+                    tg.start_soon(self._sender, receive.clone())
+
+    async def _sender(self, batches: ObjectReceiveStream[Batch]) -> None:
+        async with batches:
+            async for batch in batches:
+                await self._process(batch)
+
+    async def _process(self, batch: Batch) -> None:
+        try:
+            await self._processor.process(batch)
+        except REDIS_ERRORS as exc:
+            # The entries stay pending in this consumer's PEL; after claim_idle_ms another
+            # consumer (or this one) claims them again.
+            self.holdings.discard(batch.entries())
+            log.error(
+                "batch.abandoned",
+                batch_id=batch.batch_id,
+                size=batch.size,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+
+    def _spawn_recheck(self, batch: Batch) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(self._recheck, batch)
+
+    async def _recheck(self, batch: Batch) -> None:
+        try:
+            await self._processor.recheck_busy(batch)
+        except REDIS_ERRORS as exc:
+            self.holdings.discard(batch.entries())
+            log.error("batch.abandoned", batch_id=batch.batch_id, error=str(exc)[:300])
+
+    async def _grace_timer(self) -> None:
+        await anyio.sleep(self._s.shutdown_grace_s)
+        log.warning("worker.grace_expired", held=len(self.holdings))
+        self._hard.cancel()
+
+    async def _final_writes(self) -> None:
+        with anyio.move_on_after(FINAL_WRITE_S, shield=True):
+            unsent = self.holdings.unsent()
+            try:
+                moved = await self._settler.hand_back(unsent)
+            except REDIS_ERRORS as exc:
+                log.error("worker.hand_back_failed", count=len(unsent), error=str(exc)[:300])
+            else:
+                self.holdings.discard(unsent)
+                self.totals.handed_back += moved
+        log.info(
+            "worker.stopped",
+            consumer=self._s.consumer,
+            still_pending=len(self.holdings),
+            **self.totals.as_dict(),
+        )
+
+    def _public_settings(self) -> dict[str, object]:
+        s = self._s
+        return {
+            "batch_size": s.batch_size,
+            "linger_ms": s.linger_ms,
+            "concurrency": s.concurrency,
+            "rate_limit": s.rate_limit,
+            "max_attempts": s.max_attempts,
+            "endpoint": s.endpoint,
+            "signature": s.signature,
+            "key_prefix": s.key_prefix,
+        }
+
+
+async def _watch_signals(worker: Worker) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("worker.signal", signal=signal.Signals(signum).name)
+            worker.request_stop()
+
+
+async def serve(settings: Settings) -> Totals:
+    """Run one worker with real Redis and HTTP until SIGTERM or SIGINT."""
+    keys = Keys.for_prefix(settings.key_prefix)
+    redis = make_redis(settings.redis_url, max_connections=settings.concurrency * 2 + 4)
+    credentials = settings.credentials.load()
+    async with DomainClient(
+        endpoint=settings.endpoint,
+        credentials=credentials,
+        signature=settings.signature,
+        lang=settings.lang,
+        user_client_ip=settings.user_client_ip,
+        timeout_s=settings.http_timeout_s,
+        connect_timeout_s=settings.connect_timeout_s,
+        pool_size=settings.concurrency,
+    ) as client:
+
+        def reload() -> None:
+            client.set_credentials(settings.credentials.load())
+
+        policy = RetryPolicy(max_attempts=settings.max_attempts)
+        worker = Worker(settings, WorkerParts(redis, client, keys, policy, reload))
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_signals, worker)
+                totals = await worker.run()
+                tg.cancel_scope.cancel()
+        finally:
+            await redis.aclose()
+    return totals
+
+
+def run_worker(settings: Settings) -> int:
+    """``ackworker run``: configure logs, serve until signalled; the exit code."""
+    credentials = settings.credentials.load()
+    configure_logging(
+        level=settings.log_level,
+        fmt=settings.log_format,
+        secrets=[
+            credentials.access_key_secret,
+            credentials.security_token,
+            urlsplit(settings.redis_url).password,
+        ],
+    )
+    anyio.run(serve, settings)
+    return 0

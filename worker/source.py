@@ -1,0 +1,165 @@
+"""Stream access: the consumer group, reading new entries, and taking over stale ones.
+
+Invalid entries never leave this module: they are dead-lettered with reason ``invalid_id``
+as they are read. Entries delivered more than ``max_attempts`` times are dead-lettered with
+reason ``redelivered_too_often`` as they are claimed, so a poison entry cannot crash-loop the
+fleet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
+from worker.entries import Entry, InvalidEntry, RawFields, parse_entry
+from worker.keys import Keys
+from worker.logs import get_logger
+from worker.settle import Settlement, Settler
+
+log = get_logger("source")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """``claim_idle_ms``: idle time after which another consumer's entries are taken over;
+    ``max_attempts``: deliveries after which an entry is dead-lettered."""
+
+    consumer: str
+    claim_idle_ms: int
+    max_attempts: int
+
+
+async def ensure_group(redis: Redis, keys: Keys) -> None:
+    """Create the stream and the consumer group when missing (idempotent)."""
+    try:
+        await redis.xgroup_create(keys.tasks, keys.group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def invalid_dead_letter(bad: InvalidEntry, at: str) -> dict[str, str]:
+    """The dead letter of an entry without a valid id."""
+    return {
+        "id": "",
+        "reason": "invalid_id",
+        "error": bad.error,
+        "attempts": "0",
+        "source": bad.entry_id.decode(),
+        "raw": bad.raw,
+        "at": at,
+    }
+
+
+def entry_dead_letter(
+    entry: Entry, reason: str, error: str, attempts: int, at: str
+) -> dict[str, str]:
+    """The dead letter of a valid entry (one per number)."""
+    record = {
+        "id": entry.number,
+        "reason": reason,
+        "error": error,
+        "attempts": str(attempts),
+        "source": entry.entry_id.decode(),
+    }
+    if entry.task_no:
+        record["task_no"] = entry.task_no
+    if entry.domain:
+        record["domain"] = entry.domain
+    record["at"] = at
+    return record
+
+
+class StreamSource:
+    """Reads and claims entries of ``<prefix>:tasks`` for one consumer."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        settler: Settler,
+        config: SourceConfig,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._settler = settler
+        self._config = config
+        self._clock = clock
+        self._claim_cursor = "0-0"
+
+    async def read(self, count: int, block_ms: int | None) -> list[Entry]:
+        """Read up to ``count`` new entries, blocking up to ``block_ms`` (None: not at all)."""
+        reply: Any = await self._redis.xreadgroup(
+            self._keys.group,
+            self._config.consumer,
+            {self._keys.tasks: ">"},
+            count=count,
+            block=block_ms,
+        )
+        if not reply:
+            return []
+        rows: list[tuple[bytes, RawFields | None]] = reply[0][1]
+        return await self._accept(rows, {})
+
+    async def claim_stale(self, count: int) -> list[Entry]:
+        """Take over up to ``count`` entries idle longer than ``claim_idle_ms`` anywhere."""
+        reply: Any = await self._redis.xautoclaim(
+            self._keys.tasks,
+            self._keys.group,
+            self._config.consumer,
+            self._config.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=count,
+        )
+        self._claim_cursor = _as_str(reply[0])
+        rows: list[tuple[bytes, RawFields | None]] = reply[1]
+        if not rows:
+            return []
+        deliveries = await self._deliveries([r[0] for r in rows])
+        return await self._accept(rows, deliveries)
+
+    async def _deliveries(self, ids: Sequence[bytes]) -> dict[bytes, int]:
+        pending: Any = await self._redis.xpending_range(
+            self._keys.tasks,
+            self._keys.group,
+            min=ids[0],
+            max=ids[-1],
+            count=len(ids) * 4 + 16,
+            consumername=self._config.consumer,
+        )
+        return {p["message_id"]: int(p["times_delivered"]) for p in pending}
+
+    async def _accept(
+        self, rows: list[tuple[bytes, RawFields | None]], deliveries: dict[bytes, int]
+    ) -> list[Entry]:
+        good: list[Entry] = []
+        settlement = Settlement()
+        at = iso_utc(self._clock.now())
+        for entry_id, fields in rows:
+            parsed = parse_entry(entry_id, fields or {}, deliveries.get(entry_id, 1))
+            if isinstance(parsed, InvalidEntry):
+                settlement.dead.append(invalid_dead_letter(parsed, at))
+                settlement.ack.append(entry_id)
+                log.warning("item.invalid", source=entry_id.decode(), error=parsed.error)
+            elif parsed.delivered > self._config.max_attempts:
+                error = f"delivered {parsed.delivered} times, limit {self._config.max_attempts}"
+                record = entry_dead_letter(parsed, "redelivered_too_often", error, 0, at)
+                record["attempts"] = str(parsed.delivered)
+                settlement.dead.append(record)
+                settlement.ack.append(entry_id)
+                log.warning("item.dead", id=parsed.number, reason="redelivered_too_often")
+            else:
+                good.append(parsed)
+        if settlement:
+            await self._settler.settle(settlement)
+        return good
+
+
+def _as_str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
