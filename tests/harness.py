@@ -10,10 +10,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from redis.asyncio import Redis
 
 from worker.client import AckResult
-from worker.credentials import CredentialSource, Credentials
+from worker.credentials import Credentials, CredentialSource
 from worker.keys import Keys
 from worker.retry import RetryPolicy
 from worker.runner import Worker, WorkerParts
@@ -86,7 +87,7 @@ class ScriptedApi:
 
     async def acknowledge(self, ids: Sequence[str]) -> AckResult:
         self.calls.append(list(ids))
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return self._behave(ids, len(self.calls))
 
 

@@ -1,0 +1,177 @@
+"""Pipeline behaviours on a real redis-server, with a scripted API at the Acknowledger seam."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from tests.conftest import RedisServer
+from tests.harness import (
+    ScriptedApi,
+    backlog,
+    drained,
+    make_settings,
+    running_worker,
+    stream_fields,
+    wait_for,
+    with_consumer,
+)
+from worker.client import AckResult
+from worker.keys import Keys
+from worker.producer import InvalidIdError, enqueue
+
+pytestmark = pytest.mark.anyio
+
+IDS = [f"{i:032x}" for i in range(1, 41)]
+
+POISON: list[dict[bytes, bytes]] = [
+    {b"task_no": b"T-missing"},
+    {b"id": b""},
+    {b"id": b"x" * 65},
+    {b"id": b"\xff\xfe\x00garbage"},
+    {b"id": "\u4e2d\u6587".encode()},
+    {b"id": b"abc; rm -rf /"},
+    {b"id": b"1' OR '1'='1"},
+    {b"id": b"a" * 1_000_000},
+    {f"f{i}".encode(): b"v" for i in range(300)},
+]
+
+
+async def test_invalid_entries_are_dead_lettered_and_good_ones_flow(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, IDS[:10])
+    for fields in POISON:
+        await redis.xadd(keys.tasks, fields)  # type: ignore[arg-type]
+    api = ScriptedApi()
+    async with running_worker(make_settings(redis_server.url, prefix), redis, api) as worker:
+        await wait_for(lambda: drained(redis, prefix), what="backlog settled")
+    dead = await stream_fields(redis, keys.dead)
+    assert len(dead) == len(POISON)
+    assert {d["reason"] for d in dead} == {"invalid_id"}
+    assert all(len(d["raw"]) <= 310 for d in dead)
+    assert any("missing" in d["error"] for d in dead)
+    assert any("65 bytes" in d["error"] for d in dead)
+    assert sorted(n for call in api.calls for n in call) == sorted(IDS[:10])
+    assert worker.totals.confirmed == 10
+
+
+async def test_confirmed_number_is_a_duplicate_later_and_across_replicas(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    api = ScriptedApi()
+    settings = make_settings(redis_server.url, prefix)
+    await enqueue(redis, keys, IDS[:5])
+    async with running_worker(settings, redis, api):
+        await wait_for(lambda: drained(redis, prefix), what="first pass settled")
+    await enqueue(redis, keys, IDS[:5])
+    other = with_consumer(settings, f"{prefix}-c2")
+    async with running_worker(other, redis, api) as replica:
+        await wait_for(lambda: drained(redis, prefix), what="second pass settled")
+    assert len([n for call in api.calls for n in call]) == 5
+    assert replica.totals.duplicates == 5
+    assert replica.totals.confirmed == 0
+
+
+async def test_same_number_in_flight_is_not_sent_twice(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    release = anyio.Event()
+    calls: list[list[str]] = []
+
+    class SlowApi:
+        async def acknowledge(self, ids: Sequence[str]) -> AckResult:
+            calls.append(list(ids))
+            await release.wait()
+            return AckResult(len(set(ids)), f"req-{len(calls)}")
+
+    settings = make_settings(redis_server.url, prefix, batch_size=1, concurrency=2)
+    await enqueue(redis, keys, [IDS[0], IDS[0]])
+    async with running_worker(settings, redis, SlowApi()) as worker:
+
+        async def one_call_in_flight() -> bool:
+            return len(calls) == 1 and len(worker.holdings) == 2
+
+        await wait_for(one_call_in_flight, what="first request in flight")
+        release.set()
+        await wait_for(lambda: drained(redis, prefix), what="both entries settled")
+    assert calls == [[IDS[0]]]
+    assert worker.totals.confirmed == 1
+    assert worker.totals.duplicates == 1
+
+
+async def test_entry_delivered_too_often_is_dead_lettered(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, [IDS[0]], domain="example.com")
+    rows = await redis.xreadgroup(keys.group, "crashed", {keys.tasks: ">"}, count=1)
+    entry_id = rows[0][1][0][0]
+    # As if six replicas had crashed on it in turn.
+    await redis.xclaim(keys.tasks, keys.group, "crashed", 0, [entry_id], idle=60_000, retrycount=6)
+    api = ScriptedApi()
+    async with running_worker(make_settings(redis_server.url, prefix), redis, api):
+        await wait_for(lambda: drained(redis, prefix), what="poison entry settled")
+    dead = await stream_fields(redis, keys.dead)
+    assert [(d["id"], d["reason"], d["domain"]) for d in dead] == [
+        (IDS[0], "redelivered_too_often", "example.com")
+    ]
+    assert api.calls == []
+
+
+async def test_stalled_consumer_entries_are_claimed_and_finished(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, IDS[:6])
+    await redis.xreadgroup(keys.group, "crashed", {keys.tasks: ">"}, count=6)
+    api = ScriptedApi()
+    settings = make_settings(redis_server.url, prefix, claim_idle_ms=1000)
+    async with running_worker(settings, redis, api):
+        await wait_for(lambda: drained(redis, prefix), what="claimed entries settled")
+    assert sorted(n for call in api.calls for n in call) == sorted(IDS[:6])
+
+
+async def test_hard_stop_hands_back_unsent_and_keeps_sent_pending(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, IDS[:30])
+    calls: list[list[str]] = []
+
+    class StuckApi:
+        async def acknowledge(self, ids: Sequence[str]) -> AckResult:
+            calls.append(list(ids))
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+    settings = make_settings(
+        redis_server.url, prefix, batch_size=10, concurrency=1, shutdown_grace_s=0.2
+    )
+    async with running_worker(settings, redis, StuckApi()) as worker:
+
+        async def stuck() -> bool:
+            return len(calls) == 1 and len(worker.holdings) == 30
+
+        await wait_for(stuck, what="one request stuck, everything read")
+    # The grace period expired with one request in flight: its 10 entries stay pending
+    # for a claim; the 20 never sent were handed back as new entries.
+    assert worker.totals.handed_back == 20
+    assert await backlog(redis, prefix) == 30
+    pending = await redis.xpending(keys.tasks, keys.group)
+    assert pending["pending"] == 10
+    ids_in_stream = [f["id"] for f in await stream_fields(redis, keys.tasks)]
+    assert sorted(ids_in_stream) == sorted(IDS[:30])
+
+
+async def test_enqueue_refuses_invalid_ids_before_writing(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    with pytest.raises(InvalidIdError, match="bad id!"):
+        await enqueue(redis, keys, [IDS[0], "bad id!"])
+    assert await redis.exists(keys.tasks) == 0
