@@ -114,7 +114,8 @@ async def test_shortfall_resends_once_then_reconciles(
     settings = make_settings(redis_server.url, prefix, linger_ms=200)
     async with running_worker(settings, redis, api) as worker:
         await wait_for(lambda: drained(redis, prefix), what="backlog settled")
-    assert len(api.calls) == 2 and api.calls[0] == api.calls[1]
+    assert len(api.calls) == 2
+    assert api.calls[0] == api.calls[1]
     records = await stream_fields(redis, keys.reconcile)
     assert len(records) == 1
     record = records[0]
