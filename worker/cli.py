@@ -39,7 +39,9 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, os.environ)
     ids: list[str] = list(args.ids) if args.ids else [line.strip() for line in sys.stdin]
-    return enqueue_command(settings, [i for i in ids if i], task_no=args.task_no, domain=args.domain)
+    return enqueue_command(
+        settings, [i for i in ids if i], task_no=args.task_no, domain=args.domain
+    )
 
 
 def _cmd_mock_api(args: argparse.Namespace) -> int:
@@ -55,17 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", default=None, help="TOML settings file (or ACKWORKER_CONFIG)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # `--config` is accepted after the command too (`ackworker run --config FILE`).
+    config_opt = argparse.ArgumentParser(add_help=False)
+    config_opt.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
 
-    p = sub.add_parser("run", help="consume the task stream and acknowledge task results")
+    p = sub.add_parser(
+        "run", parents=[config_opt], help="consume the task stream and acknowledge task results"
+    )
     p.set_defaults(handler=_cmd_run)
 
-    p = sub.add_parser("enqueue", help="add task-detail numbers to the task stream")
+    p = sub.add_parser(
+        "enqueue", parents=[config_opt], help="add task-detail numbers to the task stream"
+    )
     p.add_argument("ids", nargs="*", metavar="ID", help="task-detail numbers (default: stdin)")
     p.add_argument("--task-no", default=None, help="task number the ids belong to")
     p.add_argument("--domain", default=None, help="domain name the ids belong to")
     p.set_defaults(handler=_cmd_enqueue)
 
-    p = sub.add_parser("check-config", help="print the effective settings and their sources")
+    p = sub.add_parser(
+        "check-config", parents=[config_opt], help="print the effective settings and their sources"
+    )
     p.set_defaults(handler=_cmd_check_config)
 
     p = sub.add_parser("mock-api", help="run a local stand-in for the Domain API")

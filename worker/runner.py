@@ -20,11 +20,13 @@ from urllib.parse import urlsplit
 import anyio
 from anyio.abc import ObjectReceiveStream, TaskGroup, TaskStatus
 from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 
 from worker.client import DomainClient
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.dedupe import Dedupe, DedupeConfig
 from worker.entries import Batch, Holdings
+from worker.errors import ConfigError
 from worker.gate import SendGate
 from worker.intake import REDIS_ERRORS, Intake, IntakeConfig
 from worker.keys import Keys
@@ -110,7 +112,7 @@ class Worker:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> Totals:
         """Consume until stopped; ``task_status.started()`` fires once the group exists."""
-        await ensure_group(self._p.redis, self._p.keys)
+        await self._connect()
         log.info("worker.started", consumer=self._s.consumer, **self._public_settings())
         try:
             with self._hard:
@@ -122,6 +124,30 @@ class Worker:
         finally:
             await self._final_writes()
         return self.totals
+
+    async def _connect(self) -> None:
+        """Create the group, waiting with back-off while Redis is unreachable.
+
+        A Redis that refuses our credentials is a setting problem: ConfigError, exit 2.
+        """
+        failures = 0
+        while True:
+            try:
+                await ensure_group(self._p.redis, self._p.keys)
+                return
+            except (AuthenticationError, AuthorizationError) as exc:
+                raise ConfigError(f"ACKWORKER_REDIS_URL: Redis refused the login: {exc}") from None
+            except ResponseError as exc:
+                if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                    raise ConfigError(
+                        f"ACKWORKER_REDIS_URL: Redis requires a password: {exc}"
+                    ) from None
+                raise
+            except REDIS_ERRORS as exc:
+                failures += 1
+                delay = min(5.0, 0.2 * 2**failures)
+                log.warning("redis.unavailable", error=str(exc)[:300], retry_in_s=delay)
+                await self._p.clock.sleep(delay)
 
     async def _pipeline(self) -> None:
         s = self._s
