@@ -21,7 +21,7 @@ from tests.harness import (
     wait_for,
 )
 from worker.client import AckResult
-from worker.errors import PermanentApiError, ServerError
+from worker.errors import AuthError, PermanentApiError, ServerError
 from worker.keys import Keys
 from worker.producer import enqueue
 
@@ -122,3 +122,37 @@ async def test_shortfall_resends_once_then_reconciles(
     assert (record["submitted"], record["confirmed"], record["shortfall"]) == ("4", "1", "3")
     assert record["request_ids"] == '["req-1","req-2"]'
     assert worker.totals.shortfall == 3
+
+
+async def test_fatal_answers_keep_items_and_probe_until_fixed(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, IDS[:20])
+    fixed = False
+    reloads: list[int] = []
+
+    def behave(ids: Sequence[str], n: int) -> AckResult:
+        if not fixed:
+            raise AuthError("InvalidAccessKeyId.NotFound", "no such key", request_id=f"r{n}")
+        return AckResult(len(ids), f"req-{n}")
+
+    api = ScriptedApi(behave)
+    settings = make_settings(redis_server.url, prefix, concurrency=4, batch_size=5)
+    async with running_worker(
+        settings, redis, api, reload_credentials=lambda: reloads.append(1)
+    ) as worker:
+
+        async def probed_thrice() -> bool:
+            return len(reloads) >= 3
+
+        await wait_for(probed_thrice, what="three credential probes")
+        # While the gate is closed only the prober sends: one request per probe, plus the
+        # first request of each sender that was already under way.
+        assert len(api.calls) <= len(reloads) + settings.concurrency
+        assert await redis.xlen(keys.dead) == 0
+        assert await redis.xlen(keys.tasks) == 20
+        fixed = True
+        await wait_for(lambda: drained(redis, prefix), what="backlog settled after the fix")
+    assert worker.totals.confirmed == 20
+    assert await redis.xlen(keys.dead) == 0

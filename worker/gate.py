@@ -1,10 +1,13 @@
 """The send gate: closed while the API refuses this process's credentials or clock.
 
 A fatal answer (``InvalidAccessKeyId*``, ``SignatureDoesNotMatch``, ``Forbidden*``,
-``InvalidTimeStamp*``) is not the items' fault, so nothing is dead-lettered: the gate closes,
-every sender waits in front of it, and one sender (the prober) retries its own request with
-capped back-off, re-reading the credentials before each probe so that a fixed credentials file
-is picked up without a restart. The first answer that is not fatal opens the gate.
+``InvalidTimeStamp*``) is not the items' fault, so nothing is dead-lettered: the gate closes
+and every sender waits in front of it, except one, the prober, which retries its own request
+after a capped back-off, re-reading the credentials first so that a fixed credentials file is
+picked up without a restart. The first answer from the API that is not fatal opens the gate.
+
+If the prober goes away (its batch ended), a waiting sender takes over the probing after at
+most ``probe_cap_s``, so the gate can never be left closed with nobody probing.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ log = get_logger("gate")
 
 
 class SendGate:
-    """Holds senders back while sending cannot work; one of them probes."""
+    """Holds senders back while sending cannot work. Senders identify themselves by a token."""
 
     def __init__(
         self, policy: RetryPolicy, clock: Clock, reload_credentials: Callable[[], None]
@@ -32,7 +35,7 @@ class SendGate:
         self._reload = reload_credentials
         self._opened = anyio.Event()
         self._opened.set()
-        self._prober = False
+        self._prober: object | None = None
         self._probes = 0
         self.problem: str | None = None
 
@@ -41,48 +44,48 @@ class SendGate:
         """True while sending is allowed."""
         return self._opened.is_set()
 
-    async def wait_open(self) -> None:
-        """Return once the gate is open."""
-        await self._opened.wait()
+    async def wait_turn(self, token: object) -> None:
+        """Return when ``token`` may send: the gate is open, or it is the prober's turn."""
+        while not self.is_open:
+            if self._prober is None or self._prober is token:
+                self._prober = token
+                await self._probe_pause()
+                return
+            with anyio.move_on_after(self._policy.probe_cap_s):
+                await self._opened.wait()
 
-    async def on_fatal(self, exc: FatalApiError) -> None:
-        """Handle a fatal answer; returns when the caller should retry its request.
-
-        The first caller becomes the prober: it waits the probe back-off and retries. Others
-        wait until a probe succeeds.
-        """
+    def on_fatal(self, exc: FatalApiError, token: object) -> None:
+        """A request got a fatal answer: close the gate (nothing is dead-lettered)."""
         if self.is_open:
             self._opened = anyio.Event()
             self._probes = 0
+        if self._prober is None:
+            self._prober = token
         self.problem = exc.code
-        event = "api.clock_skew" if isinstance(exc, ClockSkewError) else "api.auth_failed"
-        if self._prober:
-            await self.wait_open()
-            return
-        self._prober = True
-        try:
-            self._probes += 1
-            delay = self._policy.probe_delay_s(self._probes)
-            log.error(
-                event,
-                code=exc.code,
-                message=exc.message,
-                request_id=exc.request_id,
-                probe_in_s=delay,
-            )
-            await self._clock.sleep(delay)
-            self._reload_credentials()
-        finally:
-            self._prober = False
+        log.error(
+            "api.clock_skew" if isinstance(exc, ClockSkewError) else "api.auth_failed",
+            code=exc.code,
+            message=exc.message,
+            request_id=exc.request_id,
+            probe_in_s=self._policy.probe_delay_s(self._probes + 1),
+        )
 
     def on_answer(self) -> None:
-        """A request got an answer that was not fatal: open the gate if closed."""
+        """The API answered without a fatal error: open the gate if it was closed."""
         if not self.is_open:
             log.info("api.sending_resumed", after_probes=self._probes, problem=self.problem)
             self.problem = None
+            self._prober = None
             self._opened.set()
 
-    def _reload_credentials(self) -> None:
+    def release(self, token: object) -> None:
+        """``token`` stops sending; if it was probing, another sender takes over."""
+        if self._prober is token:
+            self._prober = None
+
+    async def _probe_pause(self) -> None:
+        self._probes += 1
+        await self._clock.sleep(self._policy.probe_delay_s(self._probes))
         try:
             self._reload()
         except ConfigError as exc:

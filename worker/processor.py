@@ -17,7 +17,14 @@ from worker.client import AckResult
 from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
 from worker.dedupe import Dedupe, Reservation
 from worker.entries import Batch, Entry, Holdings
-from worker.errors import ApiError, FatalApiError, PermanentApiError, ThrottledError
+from worker.errors import (
+    ApiError,
+    FatalApiError,
+    PermanentApiError,
+    ProtocolError,
+    ThrottledError,
+    TransportError,
+)
 from worker.gate import SendGate
 from worker.limiter import RateLimiter
 from worker.logs import get_logger
@@ -136,11 +143,20 @@ class Processor:
 
     async def _send(self, batch: Batch, report: BatchReport) -> AckResult | ApiError:
         """Send until an answer or a final error; fatal answers wait at the gate."""
+        token = object()
+        try:
+            return await self._attempts(batch, report, token)
+        finally:
+            self._d.gate.release(token)
+
+    async def _attempts(
+        self, batch: Batch, report: BatchReport, token: object
+    ) -> AckResult | ApiError:
         d = self._d
         numbers = batch.numbers
         failures = 0
         while True:
-            await d.gate.wait_open()
+            await d.gate.wait_turn(token)
             await d.limiter.acquire()
             for entry in batch.entries():
                 entry.sent = True
@@ -149,10 +165,11 @@ class Processor:
             try:
                 result = await d.client.acknowledge(numbers)
             except FatalApiError as exc:
-                await d.gate.on_fatal(exc)
+                d.gate.on_fatal(exc, token)
                 continue
             except ApiError as exc:
-                d.gate.on_answer()
+                if not isinstance(exc, TransportError | ProtocolError):
+                    d.gate.on_answer()
                 if exc.request_id:
                     report.request_ids.append(exc.request_id)
                 failures += 1
