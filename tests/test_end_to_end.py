@@ -29,7 +29,6 @@ from tests.harness import (
 from worker.client import DomainClient
 from worker.credentials import Credentials
 from worker.keys import Keys
-from worker.mockapi.faults import Faults
 from worker.mockapi.server import MockApi, serve_mock_api
 from worker.producer import enqueue
 

@@ -135,19 +135,20 @@ class Fault(enum.Enum):
 
 
 class TokenBucket:
-    """``rate_per_s`` tokens a second, holding at most one second's worth (the burst)."""
+    """``rate_per_s`` tokens a second, holding one second's worth (the burst), at least one."""
 
     def __init__(self, rate_per_s: float, clock: Callable[[], float]) -> None:
         self.rate_per_s = rate_per_s
+        self._capacity = max(1.0, rate_per_s)  # a quota below 1/s still lets one through
         self._clock = clock
-        self._tokens = rate_per_s
+        self._tokens = self._capacity
         self._last_s = clock()
 
     def take(self) -> bool:
         """Take one token if there is one."""
         now_s = self._clock()
         elapsed_s = max(0.0, now_s - self._last_s)
-        self._tokens = min(self.rate_per_s, self._tokens + elapsed_s * self.rate_per_s)
+        self._tokens = min(self._capacity, self._tokens + elapsed_s * self.rate_per_s)
         self._last_s = now_s
         if self._tokens >= 1.0:
             self._tokens -= 1.0
