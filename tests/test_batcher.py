@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.batcher import BatchAssembler
-from worker.entries import Entry
+from worker.entries import Batch, Entry
 
 numbers = st.sampled_from([f"n{i}" for i in range(40)])
 chunks = st.lists(st.lists(numbers, max_size=30), max_size=20)
@@ -19,7 +19,9 @@ def _entries(chunk: list[str], start: int) -> list[Entry]:
 @given(st.integers(min_value=1, max_value=12), chunks)
 def test_no_batch_over_size_and_nothing_lost_or_doubled(size: int, data: list[list[str]]) -> None:
     assembler = BatchAssembler(size, linger_ms=100, consumer="c")
-    batches, fed, now = [], [], 0.0
+    batches: list[Batch] = []
+    fed: list[Entry] = []
+    now = 0.0
     for chunk in data:
         entries = _entries(chunk, len(fed))
         fed += entries
