@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from yarl import URL
 
 from tests.test_mockapi_support import (
@@ -22,6 +25,7 @@ from tests.test_mockapi_support import (
     v1_request,
     v3_request,
 )
+from worker.mockapi.app import parse_pairs
 from worker.mockapi.server import MockApi, serve_mock_api
 from worker.mockapi.state import FAILED, SUCCEEDED
 from worker.mockapi.verify import Credentials
@@ -480,3 +484,20 @@ async def test_admin_stats_confirmed_and_reset(
     after = (await admin(session, api.url, "stats")).json()
     assert (after["requests_total"], after["errors_by_code"], after["batch_sizes"]) == (0, {}, {})
     assert after["confirmed"] == 2  # tasks are state, not statistics
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+@given(st.text(alphabet="ab=&%+2Fe4中 ", max_size=40))
+def test_parse_pairs_agrees_with_parse_qsl(text: str) -> None:
+    """The hot-path parser decodes exactly as the standard library does, errors included."""
+    try:
+        expected: object = parse_qsl(text, keep_blank_values=True, errors="strict")
+    except ValueError as exc:
+        expected = type(exc)
+    try:
+        got: object = parse_pairs(text)
+    except ValueError as exc:
+        got = type(exc)
+    assert got == expected

@@ -21,6 +21,8 @@ from worker.mockapi.verify import Credentials, Verifier
 
 MAX_SEED_COUNT = 1_000_000
 """Most numbers one ``/_admin/seed`` call may generate."""
+MAX_ADMIN_BODY_BYTES = 256 * 1024 * 1024
+"""Largest admin request body: seeding a million explicit ids takes ~40 MB of JSON."""
 _REPEATED_IDS_SHOWN = 100
 
 
@@ -138,9 +140,22 @@ class AdminHandlers:
         return json_response({"ids": ids, "count": self._store.pending_count})
 
 
+async def _read_body(request: web.Request) -> bytes:
+    # Not request.read(): the app's client_max_size is sized for API requests, and admin
+    # seeding legitimately sends far more.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > MAX_ADMIN_BODY_BYTES:
+            raise AdminError("body", f"is larger than {MAX_ADMIN_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(await _read_body(request))
     except orjson.JSONDecodeError:
         raise AdminError("body", "is not valid JSON") from None
     if not isinstance(body, dict):
