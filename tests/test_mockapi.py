@@ -501,3 +501,21 @@ def test_parse_pairs_agrees_with_parse_qsl(text: str) -> None:
     except ValueError as exc:
         got = type(exc)
     assert got == expected
+
+
+@pytest.mark.parametrize("signer", SIGNERS)
+async def test_mismatch_message_hides_the_security_token(
+    session: aiohttp.ClientSession, signer: str
+) -> None:
+    token = "TOKEN-abc/with+odd=chars"
+    wrong = Credentials("STS.key", "not-the-secret", token)
+    async with serve_mock_api(keys=Credentials("STS.key", "sts-secret", token)) as api:
+        if signer == "v3":
+            request = v3_request(api.endpoint, ACK, ids_params(IDS[:1]), key=wrong)
+        else:
+            request = v1_request(api.endpoint, ACK, ids_params(IDS[:1]), key=wrong)
+        reply = await send(session, request)
+    assert_error(reply, 400, "SignatureDoesNotMatch")
+    message = reply.json()["Message"]
+    assert "<security-token>" in message
+    assert "TOKEN-abc" not in message

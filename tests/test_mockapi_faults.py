@@ -22,10 +22,10 @@ from tests.test_mockapi_support import (
     v3_request,
 )
 from worker.mockapi.faults import Fault, FaultInjector, Faults, InvalidFault, TokenBucket
+from worker.mockapi.nonces import NonceCache
 from worker.mockapi.server import MockApi, serve_mock_api, start_mock_api
 from worker.mockapi.state import TaskStore
 from worker.mockapi.stats import RequestStats
-from worker.mockapi.verify import NonceCache
 
 IDS = [f"{n:032x}" for n in range(1, 6)]
 

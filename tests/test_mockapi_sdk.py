@@ -26,6 +26,7 @@ from aliyunsdkcore.acs_exception.exceptions import ServerException  # type: igno
 from aliyunsdkcore.auth.credentials import StsTokenCredential  # type: ignore[import-untyped]
 from aliyunsdkcore.client import AcsClient  # type: ignore[import-untyped]
 from aliyunsdkcore.request import CommonRequest, RpcRequest  # type: ignore[import-untyped]
+from darabonba.core import DaraCore  # type: ignore[import-untyped]
 
 from worker.mockapi.server import MockApi, serve_mock_api
 from worker.mockapi.verify import Credentials
@@ -46,6 +47,19 @@ async def api() -> AsyncIterator[MockApi]:
     async with serve_mock_api(keys=[KEY, STS]) as server:
         server.state.seed(IDS, task_no="T-SDK", domain="example.com")
         yield server
+    close_tea_sessions(server.endpoint)
+
+
+def close_tea_sessions(endpoint: str) -> None:
+    """Close the keep-alive connections tea-openapi pooled for ``endpoint``.
+
+    Its core keeps one ``requests.Session`` per host:port in a class-level dict for the
+    life of the process; left there, their sockets outlive the stand-in and surface as
+    ``ResourceWarning`` (an error under our warning filter) whenever GC finds them.
+    """
+    sessions = DaraCore._sessions
+    for key in [k for k in sessions if f"//{endpoint}:" in k]:
+        sessions.pop(key).close()
 
 
 # --- tea-openapi, V3 ------------------------------------------------------------------------
@@ -144,10 +158,20 @@ def core_acknowledge(
         client = AcsClient(
             key.access_key_id, key.access_key_secret, "cn-hangzhou", auto_retry=False
         )
-    body: bytes = client.do_action_with_exception(
-        core_request(api, ids, method=method, in_body=in_body)
-    )
+    body: bytes = core_call(client, core_request(api, ids, method=method, in_body=in_body))
     return body
+
+
+def core_call(client: Any, request: Any) -> Any:
+    """Call, then close the client's connection pool.
+
+    AcsClient closes it only in ``__del__``; when an exception's traceback keeps the
+    client alive, its keep-alive socket would outlive the stand-in (a ResourceWarning).
+    """
+    try:
+        return client.do_action_with_exception(request)
+    finally:
+        client.session.close()
 
 
 @pytest.mark.parametrize(("method", "in_body"), [("POST", False), ("GET", False), ("POST", True)])
@@ -179,7 +203,7 @@ async def test_aliyunsdkcore_recognises_a_wrong_secret(api: MockApi) -> None:
         request.set_accept_format("JSON")
         request.add_query_param("TaskDetailNo.1", IDS[0])
         client = AcsClient(KEY.access_key_id, "wrong-secret", "cn-hangzhou", auto_retry=False)
-        client.do_action_with_exception(request)
+        core_call(client, request)
 
     with pytest.raises(ServerException) as caught:
         await anyio.to_thread.run_sync(call)

@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 
 from multidict import CIMultiDictProxy
 
+from worker.mockapi.nonces import NonceCache
 from worker.mockapi.replies import ApiFailure, invalid_parameter, missing_parameter
 from worker.signing import (
     V3Canonical,
     canonical_query,
     parse_v3_authorization,
+    percent_encode,
     signatures_equal,
     v1_signature,
     v1_string_to_sign,
@@ -38,10 +40,6 @@ from worker.signing import (
 API_VERSION = "2018-01-29"
 MAX_CLOCK_SKEW_S = 900.0
 """A request timestamp may be at most 15 minutes away from the stand-in's clock."""
-NONCE_TTL_S = 900.0
-"""Nonces are remembered as long as a timestamp stays acceptable."""
-MAX_NONCES = 250_000
-"""Cap on remembered nonces (about 4 minutes at 1000 requests a second, ~40 MB)."""
 
 V1_REQUIRED = (
     "AccessKeyId",
@@ -92,41 +90,6 @@ class SignedRequest:
     def action(self) -> str | None:
         """The API action: the ``x-acs-action`` header for V3, the ``Action`` param for V1."""
         return self.headers.get("x-acs-action") if self.is_v3 else self.params.get("Action")
-
-
-class NonceCache:
-    """Nonces seen in the last ``ttl_s`` seconds, at most ``max_entries`` of them."""
-
-    def __init__(
-        self,
-        *,
-        ttl_s: float = NONCE_TTL_S,
-        max_entries: int = MAX_NONCES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._ttl_s = ttl_s
-        self._max_entries = max_entries
-        self._clock = clock
-        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
-
-    def add(self, nonce: str) -> bool:
-        """Remember ``nonce``; False when it was already used."""
-        now_s = self._clock()
-        self._expire(now_s)
-        if nonce in self._seen:
-            return False
-        self._seen[nonce] = now_s
-        if len(self._seen) > self._max_entries:
-            self._seen.popitem(last=False)
-        return True
-
-    def _expire(self, now_s: float) -> None:
-        seen = self._seen
-        while seen and now_s - next(iter(seen.values())) > self._ttl_s:
-            seen.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._seen)
 
 
 class Verifier:
@@ -187,7 +150,8 @@ class Verifier:
         canonical = _canonical_as_received(request, signed, payload_hash)
         expected = v3_signature(key.access_key_secret, canonical)
         if not signatures_equal(expected, auth.signature):
-            raise _mismatch(f"server canonical request is:{canonical.canonical_request}")
+            detail = f"server canonical request is:{canonical.canonical_request}"
+            raise _mismatch(_redact(detail, key.security_token))
         self._check_nonce(headers.get("x-acs-signature-nonce"), "x-acs-signature-nonce")
         return key.access_key_id
 
@@ -207,7 +171,8 @@ class Verifier:
         string_to_sign = v1_string_to_sign(request.method, signed)
         expected = v1_signature(key.access_key_secret, string_to_sign)
         if not signatures_equal(expected, params["Signature"]):
-            raise _mismatch(f"server string to sign is:{string_to_sign}")
+            detail = f"server string to sign is:{string_to_sign}"
+            raise _mismatch(_redact(detail, key.security_token))
         self._check_nonce(params["SignatureNonce"], "SignatureNonce")
         return key.access_key_id
 
@@ -348,6 +313,20 @@ def _incomplete(why: str) -> ApiFailure:
     return ApiFailure(
         400, "IncompleteSignature", f"The request signature does not conform to standards: {why}"
     )
+
+
+def _redact(text: str, token: str | None) -> str:
+    """Hide the STS token (raw, encoded once or twice) from a message a client may log.
+
+    The service echoes it in its string to sign; the stand-in is run by people who paste
+    its answers into tickets, so it does not.
+    """
+    if not token:
+        return text
+    once = percent_encode(token)
+    for form in (percent_encode(once), once, token):
+        text = text.replace(form, "<security-token>")
+    return text
 
 
 def _mismatch(detail: str) -> ApiFailure:
