@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import signal
 import sys
@@ -59,20 +60,32 @@ def add_mock_api_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", default=str(DEFAULT_PORT), help=f"port (default {DEFAULT_PORT}; 0 = any free)"
     )
     parser.add_argument("--seed-file", metavar="FILE", help="task-detail numbers, one a line")
-    parser.add_argument("--seed", metavar="N", help="generate N numbers and write them out")
-    parser.add_argument("--seed-out", metavar="FILE", help="write --seed numbers here, not stdout")
-    parser.add_argument("--access-key-id", help="accepted key (env ALIBABA_CLOUD_ACCESS_KEY_ID)")
     parser.add_argument(
-        "--access-key-secret", help="its secret (env ALIBABA_CLOUD_ACCESS_KEY_SECRET)"
+        "--seed",
+        metavar="N",
+        help="generate N numbers, written to stdout (the listening line then goes to stderr)",
+    )
+    parser.add_argument("--seed-out", metavar="FILE", help="write --seed numbers here, not stdout")
+    parser.add_argument(
+        "--access-key-id", metavar="ID", help="accepted key (env ALIBABA_CLOUD_ACCESS_KEY_ID)"
     )
     parser.add_argument(
-        "--security-token", help="require this STS token (env ALIBABA_CLOUD_SECURITY_TOKEN)"
+        "--access-key-secret",
+        metavar="SECRET",
+        help="its secret (env ALIBABA_CLOUD_ACCESS_KEY_SECRET, else testsecret)",
+    )
+    parser.add_argument(
+        "--security-token",
+        metavar="TOKEN",
+        help="require this STS token (env ALIBABA_CLOUD_SECURITY_TOKEN)",
     )
     group = parser.add_argument_group("faults")
     for name in FAULT_NAMES:
         group.add_argument(_flag(name), metavar="N", help=_FAULT_HELP[name])
     group.add_argument("--fault-seed", metavar="N", help="seed fault decisions (reproducible)")
-    parser.add_argument("--access-log", action="store_true", help="log every request (slow)")
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every request to stderr (slow)"
+    )
 
 
 def mock_api_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -108,6 +121,9 @@ async def _serve(
     from worker.mockapi.server import start_mock_api
     from worker.mockapi.state import TaskStore
 
+    if args.access_log:
+        # aiohttp logs access lines through stdlib logging at INFO; show them on stderr.
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     store = TaskStore()
     store.seed(seed_ids)
     try:
