@@ -58,6 +58,7 @@ async def test_invalid_entries_are_dead_lettered_and_good_ones_flow(
     assert any("65 bytes" in d["error"] for d in dead)
     assert sorted(n for call in api.calls for n in call) == sorted(IDS[:10])
     assert worker.totals.confirmed == 10
+    assert worker.totals.dead == {"invalid_id": len(POISON)}
 
 
 async def test_confirmed_number_is_a_duplicate_later_and_across_replicas(

@@ -37,7 +37,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     from worker.producer import enqueue_command
     from worker.settings import load_settings
 
-    settings = load_settings(args.config, os.environ)
+    settings = load_settings(args.config, os.environ, require_credentials=False)
     ids: list[str] = list(args.ids) if args.ids else [line.strip() for line in sys.stdin]
     return enqueue_command(
         settings, [i for i in ids if i], task_no=args.task_no, domain=args.domain
@@ -87,14 +87,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_error(exc: BaseException) -> ConfigError | None:
+    """The ConfigError behind ``exc``, also when a task group wrapped it in a group."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _config_error(exc.exceptions[0])
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ackworker`` script; returns the process exit code."""
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
         return handler(args)
-    except ConfigError as exc:
-        print(f"ackworker: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`ackworker check-config | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        error = _config_error(exc)
+        if error is None:
+            raise
+        print(f"ackworker: {error}", file=sys.stderr)
+        return 2

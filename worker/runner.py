@@ -77,6 +77,7 @@ class Worker:
             settler,
             SourceConfig(settings.consumer, settings.claim_idle_ms, settings.max_attempts),
             parts.clock,
+            self.totals,
         )
         self._processor = Processor(self._deps(settler))
 

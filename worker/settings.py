@@ -250,9 +250,15 @@ SETTINGS_DOC: tuple[tuple[str, str, str, str], ...] = tuple(
 # --- Loading -----------------------------------------------------------------------------
 
 
-def load_settings(config_path: str | None, environ: Mapping[str, str]) -> Settings:
+def load_settings(
+    config_path: str | None, environ: Mapping[str, str], *, require_credentials: bool = True
+) -> Settings:
     """Build :class:`Settings` from defaults, the TOML file and ``environ``, then load
-    credentials once so that bad ones stop start-up. Raises ConfigError (one line)."""
+    credentials once so that bad ones stop start-up. Raises ConfigError (one line).
+
+    Commands that never call the API (``enqueue``) pass ``require_credentials=False``: then
+    missing credentials are only an error if something later calls ``credentials.load()``.
+    """
     path = config_path or environ.get(CONFIG_ENV) or None
     table = _read_file(path, from_env=not config_path) if path else {}
     values: dict[str, Any] = {}
@@ -268,8 +274,13 @@ def load_settings(config_path: str | None, environ: Mapping[str, str]) -> Settin
             sources[spec.name] = f"file:{path}"
         else:
             sources[spec.name] = "default"
-    credentials = credential_source_from_env(environ)
-    credentials.load()
+    try:
+        credentials = credential_source_from_env(environ)
+        credentials.load()
+    except ConfigError:
+        if require_credentials:
+            raise
+        credentials = CredentialSource("environment")
     return Settings(**values, credentials=credentials, sources=MappingProxyType(sources))
 
 

@@ -20,6 +20,7 @@ from worker.entries import Entry, InvalidEntry, RawFields, parse_entry
 from worker.keys import Keys
 from worker.logs import get_logger
 from worker.settle import Settlement, Settler
+from worker.stats import Totals
 
 log = get_logger("source")
 
@@ -85,8 +86,10 @@ class StreamSource:
         settler: Settler,
         config: SourceConfig,
         clock: Clock = SYSTEM_CLOCK,
+        totals: Totals | None = None,
     ) -> None:
         self._redis = redis
+        self._totals = totals or Totals()
         self._keys = keys
         self._settler = settler
         self._config = config
@@ -158,6 +161,8 @@ class StreamSource:
                 good.append(parsed)
         if settlement:
             await self._settler.settle(settlement)
+            for record in settlement.dead:
+                self._totals.dead[record["reason"]] += 1
         return good
 
 
