@@ -31,7 +31,7 @@ def test_enqueue_from_arguments_and_stdin(redis_server: RedisServer, prefix: str
     piped = ackworker("enqueue", "--domain", "example.com", env=env, stdin="c1\n\nc2\n")
     assert piped.returncode == 0, piped.stderr
     client = sync_redis.Redis.from_url(redis_server.url)
-    rows = client.xrange(f"{prefix}:tasks")
+    rows: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(f"{prefix}:tasks")  # type: ignore[assignment]
     fields = [{k.decode(): v.decode() for k, v in f.items()} for _, f in rows]
     assert fields == [
         {"id": "a" * 32, "task_no": "T9"},
@@ -39,7 +39,7 @@ def test_enqueue_from_arguments_and_stdin(redis_server: RedisServer, prefix: str
         {"id": "c1", "domain": "example.com"},
         {"id": "c2", "domain": "example.com"},
     ]
-    groups = client.xinfo_groups(f"{prefix}:tasks")
+    groups: list[dict[str, bytes]] = client.xinfo_groups(f"{prefix}:tasks")  # type: ignore[assignment]
     assert [g["name"].decode() for g in groups] == [prefix]
     client.close()
 
