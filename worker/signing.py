@@ -78,17 +78,23 @@ def v3_canonical(
     query: Iterable[tuple[str, str]],
     headers: Mapping[str, str],
     hashed_payload: str,
+    signed_names: Iterable[str] | None = None,
 ) -> V3Canonical:
     """Build the V3 canonical request from the request parts.
 
-    ``headers`` may hold any headers; only ``host``, ``content-type`` and ``x-acs-*`` are
-    signed, by lower-case name, values trimmed.
+    By default only ``host``, ``content-type`` and ``x-acs-*`` of ``headers`` are signed (what
+    our client sends). A verifier passes ``signed_names``, the lower-case names a request
+    says it signed (the official SDK also signs ``accept`` and ``user-agent``); then
+    ``headers`` must hold a value for each, keyed by lower-case name.
     """
-    signed = sorted(
-        (k.lower(), v.strip()) for k, v in headers.items() if _is_signed_header(k.lower())
-    )
-    canonical_headers = "".join([f"{k}:{v}\n" for k, v in signed])
-    signed_headers = ";".join([k for k, _ in signed])
+    if signed_names is None:
+        pairs = sorted(
+            (k.lower(), v.strip()) for k, v in headers.items() if _is_signed_header(k.lower())
+        )
+    else:
+        pairs = [(name, headers[name].strip()) for name in signed_names]
+    canonical_headers = "".join([f"{k}:{v}\n" for k, v in pairs])
+    signed_headers = ";".join([k for k, _ in pairs])
     canonical_request = "\n".join(
         (method, path, canonical_query(query), canonical_headers, signed_headers, hashed_payload)
     )

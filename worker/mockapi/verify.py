@@ -28,12 +28,12 @@ from worker.mockapi.nonces import NonceCache
 from worker.mockapi.replies import ApiFailure, invalid_parameter, missing_parameter
 from worker.signing import (
     V3Canonical,
-    canonical_query,
     parse_v3_authorization,
     percent_encode,
     signatures_equal,
     v1_signature,
     v1_string_to_sign,
+    v3_canonical,
     v3_signature,
 )
 
@@ -281,25 +281,11 @@ def _check_payload_hash(headers: CIMultiDictProxy[str], body: bytes) -> str:
 def _canonical_as_received(
     request: SignedRequest, signed: list[str], payload_hash: str
 ) -> V3Canonical:
-    """The V3 canonical request over exactly the headers the client listed as signed.
-
-    ``signing.v3_canonical`` keeps only ``host``, ``content-type`` and ``x-acs-*`` (what
-    our client signs); the official SDK also signs ``accept`` and ``user-agent``, so the
-    verifier must use the client's list as sent.
-    """
-    lines = "".join([f"{name}:{_header_value(request.headers, name)}\n" for name in signed])
-    signed_headers = ";".join(signed)
-    text = "\n".join(
-        (
-            request.method,
-            request.raw_path,
-            canonical_query(request.query),
-            lines,
-            signed_headers,
-            payload_hash,
-        )
+    """The V3 canonical request over exactly the headers the client listed as signed."""
+    values = {name: _header_value(request.headers, name) for name in signed}
+    return v3_canonical(
+        request.method, request.raw_path, request.query, values, payload_hash, signed
     )
-    return V3Canonical(text, signed_headers)
 
 
 def _header_value(headers: CIMultiDictProxy[str], name: str) -> str:
