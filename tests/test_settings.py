@@ -146,6 +146,16 @@ GOOD = [
     ("http_timeout_s", "300", 300.0),
     ("log_format", "console", "console"),
     ("log_level", "WARNING", "warning"),
+    ("redis_ca_file", "/etc/ssl/redis-ca.pem", "/etc/ssl/redis-ca.pem"),
+    ("redis_ca_file", "", None),
+    ("redis_sentinels", "10.0.0.1:26379,sentinel-b:26379", "10.0.0.1:26379,sentinel-b:26379"),
+    ("redis_sentinel_master", "primary-1", "primary-1"),
+    ("redis_cluster", "true", True),
+    ("redis_cluster", "No", False),
+    ("http_host", "0.0.0.0", "0.0.0.0"),
+    ("http_port", "9108", 9108),
+    ("http_port", "", None),
+    ("stats_interval_s", "5", 5.0),
 ]
 
 
@@ -223,6 +233,15 @@ BAD = [
     ("http_timeout_s", "300.5"),
     ("log_format", "text"),
     ("log_level", "verbose"),
+    ("redis_ca_file", "a\x00b"),
+    ("redis_sentinels", "host-without-port"),
+    ("redis_sentinels", "a:1,b:99999"),
+    ("redis_sentinel_master", "two words"),
+    ("redis_cluster", "maybe"),
+    ("http_host", "bad host"),
+    ("http_port", "0"),
+    ("http_port", "65536"),
+    ("stats_interval_s", "0.5"),
 ]
 
 
@@ -343,7 +362,9 @@ def test_shipped_config_loads_as_the_defaults() -> None:
     from_file = load(path=SHIPPED)
     assert from_file == load()
     in_file = tomllib.loads(SHIPPED.read_text(encoding="utf-8"))
-    assert set(in_file) == set(NAMES) - {"consumer", "user_client_ip"}
+    # Settings without a default value are shown commented out.
+    unset = {"consumer", "user_client_ip", "redis_ca_file", "redis_sentinels", "http_port"}
+    assert set(in_file) == set(NAMES) - unset
     assert {from_file.sources[name] for name in in_file} == {f"file:{SHIPPED}"}
 
 
@@ -368,7 +389,9 @@ def test_documented_defaults_are_the_real_ones() -> None:
     for name, env_name, default, doc in SETTINGS_DOC:
         assert env_name == ENV_NAMES[name]
         assert doc.endswith(".")
-        if name not in ("consumer", "user_client_ip"):
+        if default == "unset":
+            assert getattr(settings, name) is None
+        elif name != "consumer":
             assert tomllib.loads(f"v = {default}")["v"] == getattr(settings, name)
 
 

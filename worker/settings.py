@@ -73,6 +73,13 @@ class Settings:
     http_timeout_s: float = 15.0
     log_format: Literal["json", "console"] = "json"
     log_level: str = "info"
+    redis_ca_file: str | None = None
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str = "mymaster"
+    redis_cluster: bool = False
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    stats_interval_s: float = 30.0
     credentials: CredentialSource
     sources: Mapping[str, str] = field(
         default_factory=_no_sources, compare=False, hash=False, repr=False
@@ -186,6 +193,36 @@ def _check_consumer(value: str) -> str:
     return value
 
 
+def _check_path(value: str) -> str:
+    if not value or "\x00" in value:
+        raise _Invalid("is not a path")
+    return value
+
+
+def _check_sentinels(value: str) -> str:
+    for pair in value.split(","):
+        host, _, port = pair.strip().rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise _Invalid("is not a list of host:port")
+    return value
+
+
+def _check_host(value: str) -> str:
+    if not value or not value.isprintable() or any(c.isspace() for c in value):
+        raise _Invalid("is not a host")
+    return value
+
+
+def _check_port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise _Invalid("is out of range")
+    return value
+
+
+def _bool(name: str, doc: str) -> _Spec:
+    return _Spec(name, bool, "must be true or false", doc, lambda value: value)
+
+
 def _check_ip(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
@@ -223,6 +260,21 @@ _SPECS: tuple[_Spec, ...] = (
            lo_open=True),
     _choice("log_format", ("json", "console"), "Log lines as JSON, or coloured for people."),
     _choice("log_level", _LEVELS, "Lowest level logged (any case).", fold_case=True),
+    _Spec("redis_ca_file", str, "must be a path to a PEM file",
+          "CA bundle that verifies a rediss:// server; unset uses the system CAs.",
+          _check_path, optional=True),
+    _Spec("redis_sentinels", str, "must be host:port pairs separated by commas",
+          "Sentinel addresses (host:port,host:port); set to find Redis through Sentinel.",
+          _check_sentinels, optional=True),
+    _Spec("redis_sentinel_master", str, "must be 1 to 128 characters with no whitespace",
+          "Name of the primary the Sentinels watch.", _check_consumer),
+    _bool("redis_cluster", "Talk to a Redis Cluster; the key prefix becomes a {hash tag}."),
+    _Spec("http_host", str, "must be a host name or IP address without spaces",
+          "Address the health and metrics endpoint binds to.", _check_host),
+    _Spec("http_port", int, "must be an integer from 1 to 65535",
+          "Port of /healthz, /readyz and /metrics; unset keeps the endpoint off.",
+          _check_port, optional=True),
+    _float("stats_interval_s", 1, 86400, "Seconds between worker.stats log events."),
 )
 # fmt: on
 _SPEC_BY_NAME = {spec.name: spec for spec in _SPECS}
@@ -310,9 +362,11 @@ def _suggest(key: str) -> str:
 
 
 def _parse(spec: _Spec, raw: object, where: str, *, from_env: bool) -> Any:
+    if spec.optional and raw == "":
+        return None
     try:
         typed = _from_text(spec.kind, raw) if from_env else _from_toml(spec.kind, raw)
-        return None if spec.optional and typed == "" else spec.check(typed)
+        return spec.check(typed)
     except _Invalid as exc:
         shown = _show(_masked(spec.name, raw))
         raise ConfigError(f"{where}={shown} {exc.args[0]}: {spec.allowed}") from None
@@ -320,7 +374,13 @@ def _parse(spec: _Spec, raw: object, where: str, *, from_env: bool) -> Any:
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
 _FLOAT_TEXT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
-_TYPE_PROBLEM = {int: "is not an integer", float: "is not a number", str: "is not a string"}
+_TYPE_PROBLEM = {
+    int: "is not an integer",
+    float: "is not a number",
+    str: "is not a string",
+    bool: "is not true or false",
+}
+_BOOL_TEXT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _from_text(kind: type[Any], text: Any) -> Any:
@@ -333,12 +393,18 @@ def _from_text(kind: type[Any], text: Any) -> Any:
             raise _Invalid("is out of range") from None
     if kind is float and _FLOAT_TEXT.fullmatch(text):
         return float(text)
+    if kind is bool and text.lower() in _BOOL_TEXT:
+        return _BOOL_TEXT[text.lower()]
     if kind is str:
         return text
     raise _Invalid(_TYPE_PROBLEM[kind])
 
 
 def _from_toml(kind: type[Any], value: object) -> Any:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise _Invalid(_TYPE_PROBLEM[bool])
+        return value
     accepted = (int, float) if kind is float else kind
     # bool is a subclass of int, but `true` is not a count.
     if isinstance(value, bool) or not isinstance(value, accepted):
