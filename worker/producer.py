@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from worker.entries import is_valid_id
 from worker.errors import AckworkerError
 from worker.keys import Keys
-from worker.redis_conn import make_redis
+from worker.redis_conn import keys_for, open_redis
 from worker.settings import Settings
 from worker.source import ensure_group
 
@@ -66,9 +66,9 @@ def enqueue_command(
     """``ackworker enqueue``: prints how many were added; exit 2 on an invalid id."""
 
     async def main() -> int:
-        redis = make_redis(settings.redis_url, max_connections=2)
+        redis = open_redis(settings, max_connections=2)
         try:
-            keys = Keys.for_prefix(settings.key_prefix)
+            keys = keys_for(settings)
             return await enqueue(redis, keys, ids, task_no=task_no, domain=domain)
         finally:
             await redis.aclose()
@@ -80,5 +80,5 @@ def enqueue_command(
 
         print(f"ackworker: {exc}", file=sys.stderr)
         return 2
-    print(f"enqueued {added} to {Keys.for_prefix(settings.key_prefix).tasks}")
+    print(f"enqueued {added} to {keys_for(settings).tasks}")
     return 0

@@ -33,7 +33,7 @@ from worker.keys import Keys
 from worker.limiter import RateLimiter
 from worker.logs import configure_logging, get_logger
 from worker.processor import Acknowledger, Processor, ProcessorDeps
-from worker.redis_conn import make_redis
+from worker.redis_conn import keys_for, open_redis
 from worker.retry import RetryPolicy
 from worker.settings import Settings
 from worker.settle import Settler
@@ -237,8 +237,8 @@ async def _watch_signals(worker: Worker) -> None:
 
 async def serve(settings: Settings) -> Totals:
     """Run one worker with real Redis and HTTP until SIGTERM or SIGINT."""
-    keys = Keys.for_prefix(settings.key_prefix)
-    redis = make_redis(settings.redis_url, max_connections=settings.concurrency * 2 + 4)
+    keys = keys_for(settings)
+    redis = open_redis(settings, max_connections=settings.concurrency * 2 + 4)
     credentials = settings.credentials.load()
     async with DomainClient(
         endpoint=settings.endpoint,
