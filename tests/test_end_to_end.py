@@ -217,3 +217,35 @@ async def test_sigterm_drains_and_exits_zero(
     await assert_invariant(redis, prefix, api, numbers)
     left = {f["id"] for f in await stream_fields(redis, Keys(prefix).tasks)}
     assert left == set(numbers) - set(api.state.confirmed_ids())
+
+
+async def test_second_signal_stops_at_once_and_loses_nothing(
+    redis_server: RedisServer, redis: Redis, prefix: str, api: MockApi, tmp_path: Path
+) -> None:
+    numbers = api.state.seed_random(100)
+    await enqueue(redis, Keys(prefix), numbers)
+    api.faults.update({"hang_rate": 1.0, "hang_s": 120})
+    env = process_env(redis_server, prefix, api, "w1")
+    env["ACKWORKER_SHUTDOWN_GRACE_S"] = "120"
+    env["ACKWORKER_HTTP_TIMEOUT_S"] = "120"
+    worker = WorkerProcess(env, tmp_path / "w.log")
+    try:
+
+        async def requests_hanging() -> bool:
+            return api.stats()["in_flight"] == 2  # concurrency 2, both stuck
+
+        await wait_for(requests_hanging, timeout_s=30, what="two requests hanging")
+        worker.proc.send_signal(signal.SIGTERM)
+        await wait_for(
+            lambda: anyio.to_thread.run_sync(lambda: worker.has_event("worker.draining")),
+            what="drain started",
+        )
+        worker.proc.send_signal(signal.SIGTERM)
+        code = await anyio.to_thread.run_sync(lambda: worker.proc.wait(timeout=15))
+    finally:
+        worker.close()
+    assert code == 0
+    assert worker.has_event("worker.stopping_now")
+    assert api.state.confirmed_count == 0
+    await assert_invariant(redis, prefix, api, numbers)
+    assert await redis.xlen(Keys(prefix).tasks) == len(numbers)
