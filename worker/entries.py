@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from worker.digest import digests
+
 MAX_ID_LEN = 64
 _VALID_ID = re.compile(rb"[A-Za-z0-9_-]{1,64}").fullmatch
 _META_MAX = 256
@@ -109,6 +111,7 @@ class Batch:
     groups: dict[str, list[Entry]] = field(default_factory=dict)
     # How often these numbers were found busy (leased by another request) and put back.
     rechecks: int = 0
+    _digests: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def new(cls, consumer: str) -> Batch:
@@ -137,9 +140,17 @@ class Batch:
         """Every entry carried."""
         return [e for g in self.groups.values() for e in g]
 
-    def subset(self, numbers: list[str], batch_id: str | None = None) -> Batch:
-        """A batch of just ``numbers`` (for splits and resends)."""
-        return Batch(batch_id or self.batch_id, {n: self.groups[n] for n in numbers})
+    def subset(self, numbers: list[str]) -> Batch:
+        """A batch of just ``numbers`` (for splits and resends); itself when that is all."""
+        if len(numbers) == len(self.groups):
+            return self
+        return Batch(self.batch_id, {n: self.groups[n] for n in numbers})
+
+    def digests(self) -> bytes:
+        """The dedupe digests of :attr:`numbers`, computed once per batch."""
+        if self._digests is None:
+            self._digests = digests(self.groups)
+        return self._digests
 
 
 class Holdings:

@@ -101,7 +101,7 @@ class Processor:
         """Reserve, send and settle ``batch``; log one ``batch.settled``."""
         d = self._d
         report = BatchReport(batch.batch_id, batch.size, d.clock.monotonic())
-        statuses = await d.dedupe.reserve(batch.numbers)
+        statuses = await d.dedupe.reserve(batch.numbers, batch.digests())
         by_status: dict[Reservation, list[str]] = {r: [] for r in Reservation}
         for number, status in zip(batch.numbers, statuses, strict=True):
             by_status[status].append(number)
@@ -217,7 +217,7 @@ class Processor:
             d.totals.shortfall += verdict.shortfall
             log.warning("batch.shortfall", **_verdict_fields(batch, verdict, report))
         else:
-            settlement.confirmed = batch.numbers
+            settlement.confirmed = batch.digests()
             if verdict.overcount:
                 settlement.reconcile.append(
                     reconcile_record(batch, verdict, report.request_ids, self._now())

@@ -18,49 +18,47 @@ from dataclasses import dataclass, field
 import orjson
 from redis.asyncio import Redis
 
-from worker.dedupe import bucket_s, digest
+from worker.dedupe import bucket_s
+from worker.digest import join_numbers
 from worker.entries import Entry
 from worker.keys import Keys
 
 _SETTLE = """
 local group, seen_prefix = ARGV[1], ARGV[2]
 local bucket_len, ttl_s = tonumber(ARGV[3]), tonumber(ARGV[4])
-local i = 5
-local function take()
-  local n = tonumber(ARGV[i])
-  local first = i + 1
-  i = i + 1 + n
-  return first, n
+local function split(blob)
+  local items = {}
+  for item in string.gmatch(blob, '[^\\n]+') do items[#items + 1] = item end
+  return items
 end
-local first, n = take()
-if n > 0 then
-  local ids = {unpack(ARGV, first, first + n - 1)}
+local ids = split(ARGV[5])
+if #ids > 0 then
   redis.call('XACK', KEYS[1], group, unpack(ids))
   redis.call('XDEL', KEYS[1], unpack(ids))
 end
-first, n = take()
-if n > 0 and ttl_s > 0 then
+local digests = ARGV[6]
+if #digests > 0 and ttl_s > 0 then
   local now = tonumber(redis.call('TIME')[1])
   local bucket = math.floor(now / bucket_len)
   local expire_at = (bucket + 1) * bucket_len + ttl_s
   local expiring = {}
-  for j = first, first + n - 1, 2 do
-    local key = seen_prefix .. bucket .. ':' .. ARGV[j]
-    redis.call('HSET', key, ARGV[j + 1], '1')
+  for j = 1, #digests, 12 do
+    local shard = (string.byte(digests, j) * 256 + string.byte(digests, j + 1)) % 4096
+    local key = seen_prefix .. bucket .. ':' .. shard
+    redis.call('HSET', key, string.sub(digests, j + 2, j + 11), '1')
     if not expiring[key] then
       expiring[key] = true
       redis.call('EXPIREAT', key, expire_at)
     end
   end
 end
-first, n = take()
-if n > 0 then redis.call('HDEL', KEYS[4], unpack(ARGV, first, first + n - 1)) end
-first, n = take()
-for j = first, first + n - 1 do
+local release = split(ARGV[7])
+if #release > 0 then redis.call('HDEL', KEYS[4], unpack(release)) end
+local n_dead = tonumber(ARGV[8])
+for j = 9, 8 + n_dead do
   redis.call('XADD', KEYS[2], '*', unpack(cjson.decode(ARGV[j])))
 end
-first, n = take()
-for j = first, first + n - 1 do
+for j = 9 + n_dead, #ARGV do
   redis.call('XADD', KEYS[3], '*', unpack(cjson.decode(ARGV[j])))
 end
 return 1
@@ -87,7 +85,7 @@ class Settlement:
     """Everything one settle call writes."""
 
     ack: list[bytes] = field(default_factory=list)
-    confirmed: list[str] = field(default_factory=list)
+    confirmed: bytes = b""  # digests of the confirmed numbers (worker.digest.digests)
     release: list[str] = field(default_factory=list)
     dead: list[dict[str, str]] = field(default_factory=list)
     reconcile: list[dict[str, str]] = field(default_factory=list)
@@ -112,15 +110,13 @@ class Settler:
             self._keys.seen_prefix,
             bucket_s(self._ttl_s),
             self._ttl_s,
-            len(s.ack),
-            *s.ack,
+            b"\n".join(s.ack),
+            s.confirmed,
+            join_numbers(s.release),
+            len(s.dead),
+            *map(_flat, s.dead),
+            *map(_flat, s.reconcile),
         ]
-        args.append(2 * len(s.confirmed))
-        for number in s.confirmed:
-            args += digest(number)
-        args += (len(s.release), *s.release)
-        args += (len(s.dead), *map(_flat, s.dead))
-        args += (len(s.reconcile), *map(_flat, s.reconcile))
         k = self._keys
         await self._settle(keys=[k.tasks, k.dead, k.reconcile, k.inflight], args=args)
 
