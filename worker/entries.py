@@ -77,16 +77,28 @@ def _describe_bad_id(value: bytes | None) -> str:
 
 
 def parse_entry(entry_id: bytes, fields: RawFields, delivered: int = 1) -> Entry | InvalidEntry:
-    """Validate one raw stream entry."""
-    value = fields.get(b"id")
+    """Validate one raw stream entry given as a field dict."""
+    return parse_row(entry_id, [x for kv in fields.items() for x in kv], delivered)
+
+
+def parse_row(entry_id: bytes, flat: list[bytes], delivered: int = 1) -> Entry | InvalidEntry:
+    """Validate one raw stream entry given as Redis sends it: ``[field, value, ...]``.
+
+    This is the per-entry hot path, so it scans the flat reply instead of building a dict.
+    When a field repeats, the last value wins, as it would in a dict.
+    """
+    value = task_no = domain = None
+    for i in range(0, len(flat) - 1, 2):
+        key = flat[i]
+        if key == b"id":
+            value = flat[i + 1]
+        elif key == b"task_no":
+            task_no = flat[i + 1]
+        elif key == b"domain":
+            domain = flat[i + 1]
     if value is not None and _VALID_ID(value):
-        return Entry(
-            entry_id=entry_id,
-            number=value.decode("ascii"),
-            task_no=_meta(fields.get(b"task_no")),
-            domain=_meta(fields.get(b"domain")),
-            delivered=delivered,
-        )
+        return Entry(entry_id, value.decode("ascii"), _meta(task_no), _meta(domain), delivered)
+    fields = dict(zip(flat[::2], flat[1::2], strict=False))
     return InvalidEntry(entry_id, _describe_bad_id(value), raw_excerpt(fields))
 
 
@@ -112,6 +124,7 @@ class Batch:
     # How often these numbers were found busy (leased by another request) and put back.
     rechecks: int = 0
     _digests: bytes | None = field(default=None, repr=False)
+    _entries: list[Entry] | None = field(default=None, repr=False)
 
     @classmethod
     def new(cls, consumer: str) -> Batch:
@@ -130,6 +143,7 @@ class Batch:
 
     def add(self, entry: Entry) -> None:
         """Add an entry; a number already present rides along."""
+        self._entries = None
         group = self.groups.get(entry.number)
         if group is None:
             self.groups[entry.number] = [entry]
@@ -137,8 +151,10 @@ class Batch:
             group.append(entry)
 
     def entries(self) -> list[Entry]:
-        """Every entry carried."""
-        return [e for g in self.groups.values() for e in g]
+        """Every entry carried (built once; the batch no longer changes once sent)."""
+        if self._entries is None:
+            self._entries = [e for g in self.groups.values() for e in g]
+        return self._entries
 
     def subset(self, numbers: list[str]) -> Batch:
         """A batch of just ``numbers`` (for splits and resends); itself when that is all."""
