@@ -176,3 +176,32 @@ async def test_enqueue_refuses_invalid_ids_before_writing(redis: Redis, prefix: 
     with pytest.raises(InvalidIdError, match="bad id!"):
         await enqueue(redis, keys, [IDS[0], "bad id!"])
     assert await redis.exists(keys.tasks) == 0
+
+
+async def test_prefetch_is_bounded_by_concurrency_and_batch_size(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    many = [f"{i:032x}" for i in range(500)]
+    await enqueue(redis, keys, many)
+    calls: list[list[str]] = []
+
+    class StuckApi:
+        async def acknowledge(self, ids: Sequence[str]) -> AckResult:
+            calls.append(list(ids))
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+    settings = make_settings(
+        redis_server.url, prefix, batch_size=10, concurrency=2, shutdown_grace_s=0.1
+    )
+    async with running_worker(settings, redis, StuckApi()) as worker:
+
+        async def saturated() -> bool:
+            return len(calls) == 2 and len(worker.holdings) >= 40
+
+        await wait_for(saturated, what="both senders stuck and the queue full")
+        # Two batches sent, two queued, one open: 2 x concurrency x batch_size + batch_size.
+        summary = await redis.xpending(keys.tasks, keys.group)
+        assert summary["pending"] == len(worker.holdings) <= 50
+    assert await backlog(redis, prefix) == 500

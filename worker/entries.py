@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import anyio
 import orjson
 
 from worker.digest import digests
@@ -172,11 +173,26 @@ class Batch:
 class Holdings:
     """Every entry this process has read and not yet settled, by stream id.
 
-    The prefetch bound is enforced upstream; this registry is what shutdown hands back.
+    It is what shutdown hands back, and with a ``capacity`` it is the prefetch bound: the
+    intake waits for room before reading more.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
         self._held: dict[bytes, Entry] = {}
+        self._capacity = capacity
+        self._room: anyio.Event | None = None
+
+    @property
+    def full(self) -> bool:
+        """True when holding ``capacity`` entries or more."""
+        return self._capacity is not None and len(self._held) >= self._capacity
+
+    async def wait_for_room(self) -> None:
+        """Return once fewer than ``capacity`` entries are held."""
+        while self.full:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
 
     def __len__(self) -> int:
         return len(self._held)
@@ -190,6 +206,9 @@ class Holdings:
         """Forget settled or handed-back entries."""
         for e in entries:
             self._held.pop(e.entry_id, None)
+        if self._room is not None and not self.full:
+            self._room.set()
+            self._room = None
 
     def unsent(self) -> list[Entry]:
         """Entries no request has carried yet: safe to hand back to the group."""

@@ -3,7 +3,8 @@
 Lingering is done by Redis: with a batch open, XREADGROUP blocks only for the time the batch
 has left, so no timer task exists and no entry ever waits in a cancellable hand-off between
 stages. The bounded batch stream is the prefetch bound: with ``concurrency`` batches queued
-and ``concurrency`` being sent, a process holds about 2 × concurrency × batch_size entries.
+and ``concurrency`` being sent, a process holds about 2 × concurrency × batch_size entries;
+:class:`~worker.entries.Holdings` caps what busy rechecks could add beyond that.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ class Intake:
         expired = self._assembler.take_expired(self._clock.monotonic())
         if expired is not None:
             await self._batches.send(expired)
+            return
+        if self._holdings.full:
+            # Prefetch bound reached (busy rechecks hold entries beyond the queued batches);
+            # wait for room, but no longer than the open batch may linger.
+            with anyio.move_on_after(self._block_ms() / 1000.0):
+                await self._holdings.wait_for_room()
             return
         await self._take(await self._source.read(self._assembler.room, self._block_ms()))
 

@@ -65,7 +65,8 @@ class Worker:
         self._s = settings
         self._p = parts
         self.totals = Totals()
-        self.holdings = Holdings()
+        # About 2 x concurrency x batch_size: queued batches plus those being sent, plus one.
+        self.holdings = Holdings(settings.batch_size * (2 * settings.concurrency + 1))
         self._stopping = anyio.Event()
         self._hard = anyio.CancelScope()
         self._tg: TaskGroup | None = None
