@@ -73,7 +73,8 @@ def machine() -> Numbers:
         "redis": redis_version.group(1) if redis_version else None,
         "packages": {name: _version(name) for name in PACKAGES},
         "git_commit": commit or None,
-        "git_dirty": bool(dirty),
+        # Others may be changing the tree while this runs: say what differed from the commit.
+        "git_dirty_files": [line.split(None, 1)[1] for line in dirty.splitlines()],
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
