@@ -30,15 +30,16 @@ from worker.errors import ConfigError
 from worker.gate import SendGate
 from worker.intake import REDIS_ERRORS, Intake, IntakeConfig
 from worker.keys import Keys
-from worker.limiter import RateLimiter
 from worker.logs import configure_logging, get_logger
+from worker.observed import ObservedClient, ObservedLimiter
 from worker.processor import Acknowledger, Processor, ProcessorDeps
 from worker.redis_conn import keys_for, open_redis
 from worker.retry import RetryPolicy
 from worker.settings import Settings
 from worker.settle import Settler
 from worker.source import SourceConfig, StreamSource, ensure_group
-from worker.stats import Totals
+from worker.stats import Totals, WorkerView
+from worker.watch import start_watching
 
 log = get_logger("worker")
 
@@ -80,25 +81,40 @@ class Worker:
             parts.clock,
             self.totals,
         )
+        self.gate = SendGate(parts.policy, parts.clock, parts.reload_credentials or (lambda: None))
         self._processor = Processor(self._deps(settler))
 
     def _deps(self, settler: Settler) -> ProcessorDeps:
         s, p = self._s, self._p
-        reload = p.reload_credentials or (lambda: None)
         return ProcessorDeps(
             dedupe=Dedupe(
                 p.redis, p.keys, s.consumer, DedupeConfig(s.dedupe_ttl_s, s.claim_idle_ms)
             ),
-            limiter=RateLimiter(p.redis, p.keys.limiter, s.rate_limit, p.clock),
-            client=p.client,
+            limiter=ObservedLimiter(
+                p.redis, p.keys.limiter, s.rate_limit, p.clock, totals=self.totals
+            ),
+            client=ObservedClient(p.client, self.totals, p.clock),
             settler=settler,
-            gate=SendGate(p.policy, p.clock, reload),
+            gate=self.gate,
             policy=p.policy,
             holdings=self.holdings,
             totals=self.totals,
             spawn=self._spawn_recheck,
             clock=p.clock,
             rng=p.rng,
+        )
+
+    def view(self) -> WorkerView:
+        """A read-only view of this worker's state, for ``worker.stats`` and ``/metrics``."""
+        p = self._p
+        return WorkerView(
+            p.redis,
+            p.keys,
+            self.totals,
+            self.holdings,
+            self.gate,
+            self._stopping,
+            self._s.rate_limit,
         )
 
     def request_stop(self) -> None:
@@ -120,6 +136,7 @@ class Worker:
             with self._hard:
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
+                    await start_watching(tg, self._s, self.view(), self._p.clock)
                     task_status.started()
                     await self._pipeline()
                     tg.cancel_scope.cancel()  # ends the grace timer and busy rechecks

@@ -1,0 +1,69 @@
+"""Counting at the seams: the API client and the rate limiter, wrapped to feed :class:`Totals`.
+
+The runner hands the processor these instead of the bare client and limiter, so request
+latency, requests in flight, rate-limit waits, fleet pauses and the effective rate are
+counted without a line in the processor's hot path. Each costs a few additions per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+
+from worker.client import AckResult
+from worker.clock import Clock
+from worker.limiter import LimiterReply, RateLimiter
+from worker.processor import Acknowledger
+from worker.stats import Totals
+
+
+class ObservedClient:
+    """An :class:`Acknowledger` that counts requests in flight and times each one."""
+
+    def __init__(self, client: Acknowledger, totals: Totals, clock: Clock) -> None:
+        self._client = client
+        self._totals = totals
+        self._clock = clock
+
+    async def acknowledge(self, ids: Sequence[str]) -> AckResult:
+        """Call the wrapped client; an error answer is timed like any other."""
+        totals = self._totals
+        started = self._clock.monotonic()
+        totals.in_flight += 1
+        try:
+            return await self._client.acknowledge(ids)
+        finally:
+            totals.in_flight -= 1
+            totals.latency.observe(self._clock.monotonic() - started)
+
+
+class ObservedLimiter(RateLimiter):
+    """A :class:`RateLimiter` that records its waits, pauses and the rate it answers."""
+
+    def __init__(
+        self, redis: Redis, key: str, limit_rps: float, clock: Clock, *, totals: Totals
+    ) -> None:
+        super().__init__(redis, key, limit_rps, clock)
+        self._totals = totals
+        totals.effective_rate = limit_rps  # until the shared limiter first answers
+
+    async def call(
+        self, op: str, *, pause_ms: float = 0.0, now_us: int | None = None
+    ) -> LimiterReply:
+        """Run the script and remember the effective rate it answered."""
+        reply = await super().call(op, pause_ms=pause_ms, now_us=now_us)
+        self._totals.effective_rate = reply.rate
+        return reply
+
+    async def acquire(self) -> float:
+        """Reserve a slot; add the seconds waited for it to the totals."""
+        waited_s = await super().acquire()
+        self._totals.rate_wait_s += waited_s
+        return waited_s
+
+    async def throttled(self, retry_after_s: float | None) -> LimiterReply:
+        """Report a throttling answer; count the fleet pause it causes."""
+        reply = await super().throttled(retry_after_s)
+        self._totals.fleet_pauses += 1
+        return reply
