@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from redis.asyncio import Redis
-
 from worker.digest import join_numbers
 from worker.keys import Keys
+from worker.redis_conn import RedisClient, register_script
 
 SHARDS = 4096
 BUCKETS_PER_TTL = 2
@@ -98,11 +97,11 @@ class DedupeConfig:
 class Dedupe:
     """Reserves numbers before sending them."""
 
-    def __init__(self, redis: Redis, keys: Keys, consumer: str, config: DedupeConfig) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, consumer: str, config: DedupeConfig) -> None:
         self._keys = keys
         self._consumer = consumer
         self._config = config
-        self._script = redis.register_script(_RESERVE)
+        self._script = register_script(redis, _RESERVE)
 
     async def reserve(self, numbers: Sequence[str], digests: bytes) -> list[Reservation]:
         """Decide for each number whether to send it; leases the ones to send.

@@ -23,10 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.logs import get_logger
+from worker.redis_conn import RedisClient, register_script
 
 log = get_logger("limiter")
 
@@ -93,12 +92,12 @@ class RateLimiter:
     """A client of the shared limiter; ``limit_rps`` is ``ACKWORKER_RATE_LIMIT``."""
 
     def __init__(
-        self, redis: Redis, key: str, limit_rps: float, clock: Clock = SYSTEM_CLOCK
+        self, redis: RedisClient, key: str, limit_rps: float, clock: Clock = SYSTEM_CLOCK
     ) -> None:
         self._key = key
         self._limit = limit_rps
         self._clock = clock
-        self._script = redis.register_script(_SCRIPT)
+        self._script = register_script(redis, _SCRIPT)
         self._logged_rate = limit_rps
 
     async def call(

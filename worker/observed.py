@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
-
 from worker.client import AckResult
 from worker.clock import Clock
 from worker.limiter import LimiterReply, RateLimiter
 from worker.processor import Acknowledger
+from worker.redis_conn import RedisClient
 from worker.stats import Totals
 
 
@@ -42,7 +41,7 @@ class ObservedLimiter(RateLimiter):
     """A :class:`RateLimiter` that records its waits, pauses and the rate it answers."""
 
     def __init__(
-        self, redis: Redis, key: str, limit_rps: float, clock: Clock, *, totals: Totals
+        self, redis: RedisClient, key: str, limit_rps: float, clock: Clock, *, totals: Totals
     ) -> None:
         super().__init__(redis, key, limit_rps, clock)
         self._totals = totals

@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import anyio
-from redis.asyncio import Redis
 
 from worker.entries import is_valid_id
 from worker.errors import AckworkerError
 from worker.keys import Keys
-from worker.redis_conn import keys_for, open_redis
+from worker.redis_conn import RedisClient, keys_for, open_redis
 from worker.settings import Settings
 from worker.source import ensure_group
 
@@ -27,7 +26,7 @@ class InvalidIdError(AckworkerError, ValueError):
 
 
 async def enqueue(
-    redis: Redis,
+    redis: RedisClient,
     keys: Keys,
     ids: Iterable[str],
     *,

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import ObjectReceiveStream, TaskGroup, TaskStatus
-from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 
 from worker.client import DomainClient
@@ -33,7 +32,7 @@ from worker.keys import Keys
 from worker.logs import configure_logging, get_logger
 from worker.observed import ObservedClient, ObservedLimiter
 from worker.processor import Acknowledger, Processor, ProcessorDeps
-from worker.redis_conn import keys_for, open_redis
+from worker.redis_conn import RedisClient, keys_for, open_redis
 from worker.retry import RetryPolicy
 from worker.settings import Settings
 from worker.settle import Settler
@@ -50,7 +49,7 @@ FINAL_WRITE_S = 10.0
 class WorkerParts:
     """What a worker talks to; tests build these to run a worker in-process."""
 
-    redis: Redis
+    redis: RedisClient
     client: Acknowledger
     keys: Keys
     policy: RetryPolicy

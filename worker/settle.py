@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
-from redis.asyncio import Redis
 
 from worker.dedupe import bucket_s
 from worker.digest import join_numbers
 from worker.entries import Entry
 from worker.keys import Keys
+from worker.redis_conn import RedisClient, register_script
 
 _SETTLE = """
 local group, seen_prefix = ARGV[1], ARGV[2]
@@ -97,11 +97,11 @@ class Settlement:
 class Settler:
     """Writes settlements atomically."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, dedupe_ttl_s: int) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, dedupe_ttl_s: int) -> None:
         self._keys = keys
         self._ttl_s = dedupe_ttl_s
-        self._settle = redis.register_script(_SETTLE)
-        self._hand_back = redis.register_script(_HAND_BACK)
+        self._settle = register_script(redis, _SETTLE)
+        self._hand_back = register_script(redis, _HAND_BACK)
 
     async def settle(self, s: Settlement) -> None:
         """Apply ``s`` in one atomic script call."""

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
 from worker.entries import Entry, InvalidEntry, RawFields, parse_row
 from worker.keys import Keys
 from worker.logs import get_logger
+from worker.redis_conn import RedisClient
 from worker.settle import Settlement, Settler
 from worker.stats import Totals
 
@@ -35,7 +35,7 @@ class SourceConfig:
     max_attempts: int
 
 
-async def ensure_group(redis: Redis, keys: Keys) -> None:
+async def ensure_group(redis: RedisClient, keys: Keys) -> None:
     """Create the stream and the consumer group when missing (idempotent)."""
     try:
         await redis.xgroup_create(keys.tasks, keys.group, id="0", mkstream=True)
@@ -81,7 +81,7 @@ class StreamSource:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         settler: Settler,
         config: SourceConfig,
@@ -108,7 +108,7 @@ class StreamSource:
         args += ["STREAMS", self._keys.tasks, ">"]
         # Sent as a raw command so redis-py does not turn every entry into a dict first:
         # the reply is [[stream, [[id, [field, value, ...]], ...]]], parsed in parse_row.
-        reply: Any = await self._redis.execute_command(*args)  # type: ignore[no-untyped-call]
+        reply: Any = await self._redis.execute_command(*args)
         if not reply:
             return []
         rows: list[tuple[bytes, list[bytes]]] = reply[0][1]
