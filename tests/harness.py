@@ -11,11 +11,11 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-from redis.asyncio import Redis
 
 from worker.client import AckResult
 from worker.credentials import Credentials, CredentialSource
 from worker.keys import Keys
+from worker.redis_conn import RedisClient
 from worker.retry import RetryPolicy
 from worker.runner import Worker, WorkerParts
 from worker.settings import Settings
@@ -62,17 +62,17 @@ async def wait_for(
         await anyio.sleep(0.01)
 
 
-async def backlog(redis: Redis, prefix: str) -> int:
+async def backlog(redis: RedisClient, prefix: str) -> int:
     """Entries still in the task stream (new or pending)."""
     return int(await redis.xlen(Keys(prefix).tasks))
 
 
-async def drained(redis: Redis, prefix: str) -> bool:
+async def drained(redis: RedisClient, prefix: str) -> bool:
     """True when the task stream is empty."""
     return await backlog(redis, prefix) == 0
 
 
-async def stream_fields(redis: Redis, key: str) -> list[dict[str, str]]:
+async def stream_fields(redis: RedisClient, key: str) -> list[dict[str, str]]:
     """Every entry of a stream, decoded."""
     rows = await redis.xrange(key)
     return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rows]
@@ -94,7 +94,7 @@ class ScriptedApi:
 @asynccontextmanager
 async def running_worker(
     settings: Settings,
-    redis: Redis,
+    redis: RedisClient,
     client: Any,
     *,
     policy: RetryPolicy = FAST_POLICY,

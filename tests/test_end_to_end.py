@@ -31,6 +31,7 @@ from worker.credentials import Credentials
 from worker.keys import Keys
 from worker.mockapi.server import MockApi, serve_mock_api
 from worker.producer import enqueue
+from worker.redis_conn import RedisClient
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +42,9 @@ async def api() -> AsyncIterator[MockApi]:
         yield server
 
 
-async def assert_invariant(redis: Redis, prefix: str, api: MockApi, numbers: list[str]) -> None:
+async def assert_invariant(
+    redis: RedisClient, prefix: str, api: MockApi, numbers: list[str]
+) -> None:
     """Every number is in the stream, confirmed, dead-lettered or in reconcile."""
     keys = Keys(prefix)
     in_stream = {f["id"] for f in await stream_fields(redis, keys.tasks) if "id" in f}
