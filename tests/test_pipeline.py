@@ -27,6 +27,19 @@ pytestmark = pytest.mark.anyio
 
 IDS = [f"{i:032x}" for i in range(1, 41)]
 
+
+class StuckApi:
+    """An API whose every request hangs until the worker cancels it."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def acknowledge(self, ids: Sequence[str]) -> AckResult:
+        self.calls.append(list(ids))
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
 POISON: list[dict[bytes, bytes]] = [
     {b"task_no": b"T-missing"},
     {b"id": b""},
@@ -144,18 +157,13 @@ async def test_hard_stop_hands_back_unsent_and_keeps_sent_pending(
 ) -> None:
     keys = Keys(prefix)
     await enqueue(redis, keys, IDS[:30])
-    calls: list[list[str]] = []
-
-    class StuckApi:
-        async def acknowledge(self, ids: Sequence[str]) -> AckResult:
-            calls.append(list(ids))
-            await anyio.sleep_forever()
-            raise AssertionError("unreachable")
+    api = StuckApi()
+    calls = api.calls
 
     settings = make_settings(
         redis_server.url, prefix, batch_size=10, concurrency=1, shutdown_grace_s=0.2
     )
-    async with running_worker(settings, redis, StuckApi()) as worker:
+    async with running_worker(settings, redis, api) as worker:
 
         async def stuck() -> bool:
             return len(calls) == 1 and len(worker.holdings) == 30
@@ -184,18 +192,13 @@ async def test_prefetch_is_bounded_by_concurrency_and_batch_size(
     keys = Keys(prefix)
     many = [f"{i:032x}" for i in range(500)]
     await enqueue(redis, keys, many)
-    calls: list[list[str]] = []
-
-    class StuckApi:
-        async def acknowledge(self, ids: Sequence[str]) -> AckResult:
-            calls.append(list(ids))
-            await anyio.sleep_forever()
-            raise AssertionError("unreachable")
+    api = StuckApi()
+    calls = api.calls
 
     settings = make_settings(
         redis_server.url, prefix, batch_size=10, concurrency=2, shutdown_grace_s=0.1
     )
-    async with running_worker(settings, redis, StuckApi()) as worker:
+    async with running_worker(settings, redis, api) as worker:
 
         async def saturated() -> bool:
             return len(calls) == 2 and len(worker.holdings) >= 40
