@@ -11,8 +11,12 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from worker.errors import ConfigError
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -50,6 +54,27 @@ def _cmd_mock_api(args: argparse.Namespace) -> int:
     return mock_api_command(args, os.environ)
 
 
+def _ops_settings(args: argparse.Namespace) -> Settings:
+    """Settings for the operator commands: they never call the API, so no credentials."""
+    from worker.settings import load_settings
+
+    return load_settings(args.config, os.environ, require_credentials=False)
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    from worker.heartbeat import health_command
+
+    return health_command(_ops_settings(args))
+
+
+def _add_ops_commands(sub: Any, config_opt: argparse.ArgumentParser) -> None:
+    """``health``."""
+    p = sub.add_parser(
+        "health", parents=[config_opt], help="exit 0 if this host's worker heartbeat is fresh"
+    )
+    p.set_defaults(handler=_cmd_health)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser; each sub-command stores its handler in ``handler``."""
     parser = argparse.ArgumentParser(prog="ackworker", description=__doc__.splitlines()[0])
@@ -78,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config", parents=[config_opt], help="print the effective settings and their sources"
     )
     p.set_defaults(handler=_cmd_check_config)
+
+    _add_ops_commands(sub, config_opt)
 
     p = sub.add_parser("mock-api", help="run a local stand-in for the Domain API")
     from worker.mockapi.main import add_mock_api_arguments

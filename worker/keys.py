@@ -56,3 +56,12 @@ class Keys:
     def seen_prefix(self) -> str:
         """Prefix of the dedupe memory buckets ``<prefix>:seen:<bucket>:<shard>``."""
         return f"{self.prefix}:seen:"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of live workers: consumer -> heartbeat expiry (ms, Redis clock)."""
+        return f"{self.prefix}:workers"
+
+    def heartbeat(self, consumer: str) -> str:
+        """Hash ``<prefix>:hb:<consumer>`` a running worker refreshes; it expires when it stops."""
+        return f"{self.prefix}:hb:{consumer}"

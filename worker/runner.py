@@ -27,6 +27,7 @@ from worker.dedupe import Dedupe, DedupeConfig
 from worker.entries import Batch, Holdings
 from worker.errors import ConfigError
 from worker.gate import SendGate
+from worker.heartbeat import Heartbeat
 from worker.intake import REDIS_ERRORS, Intake, IntakeConfig
 from worker.keys import Keys
 from worker.logs import configure_logging, get_logger
@@ -116,6 +117,21 @@ class Worker:
             self._s.rate_limit,
         )
 
+    def _heartbeat(self) -> Heartbeat:
+        p = self._p
+        return Heartbeat(p.redis, p.keys, self._s.consumer, self.vitals, clock=p.clock)
+
+    def vitals(self) -> dict[str, str | int]:
+        """What each heartbeat carries besides who and where (see worker.heartbeat)."""
+        return {
+            "state": "draining" if self._stopping.is_set() else "running",
+            "paused": "" if self.gate.is_open else (self.gate.problem or "paused"),
+            "confirmed": self.totals.confirmed,
+            "duplicates": self.totals.duplicates,
+            "dead": sum(self.totals.dead.values()),
+            "held": len(self.holdings),
+        }
+
     def request_stop(self) -> None:
         """First call: drain within the grace period. Second call: stop at once."""
         if not self._stopping.is_set():
@@ -135,6 +151,7 @@ class Worker:
             with self._hard:
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
+                    await tg.start(self._heartbeat().run)
                     await start_watching(tg, self._s, self.view(), self._p.clock)
                     task_status.started()
                     await self._pipeline()
