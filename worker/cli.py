@@ -67,12 +67,85 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return health_command(_ops_settings(args))
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from worker.status import status_command
+
+    return status_command(_ops_settings(args), as_json=args.json)
+
+
+def _cmd_dead_list(args: argparse.Namespace) -> int:
+    from worker.deadletters import dead_list_command
+    from worker.ops import parse_limit
+
+    limit = parse_limit(args.limit)
+    return dead_list_command(
+        _ops_settings(args), reason=args.reason, limit=limit, as_json=args.json
+    )
+
+
+def _cmd_dead_replay(args: argparse.Namespace) -> int:
+    from worker.deadletters import dead_replay_command
+
+    settings = _ops_settings(args)
+    return dead_replay_command(settings, reason=args.reason, ids=args.ids, dry_run=args.dry_run)
+
+
+def _cmd_dead_purge(args: argparse.Namespace) -> int:
+    from worker.deadletters import dead_purge_command
+
+    settings = _ops_settings(args)
+    return dead_purge_command(settings, older_than=args.older_than, yes=args.yes)
+
+
+def _cmd_reconcile_list(args: argparse.Namespace) -> int:
+    from worker.ops import parse_limit
+    from worker.reconcile_list import reconcile_list_command
+
+    limit = parse_limit(args.limit)
+    return reconcile_list_command(_ops_settings(args), limit=limit, as_json=args.json)
+
+
 def _add_ops_commands(sub: Any, config_opt: argparse.ArgumentParser) -> None:
-    """``health``."""
+    """``health``, ``status``, ``dead list|replay|purge`` and ``reconcile list``."""
     p = sub.add_parser(
         "health", parents=[config_opt], help="exit 0 if this host's worker heartbeat is fresh"
     )
     p.set_defaults(handler=_cmd_health)
+    p = sub.add_parser("status", parents=[config_opt], help="backlog, dead letters, workers")
+    p.add_argument("--json", action="store_true", help="stable JSON instead of a table")
+    p.set_defaults(handler=_cmd_status)
+
+    dead = sub.add_parser("dead", parents=[config_opt], help="list, replay or purge dead letters")
+    actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("list", parents=[config_opt], help="dead letters, oldest first")
+    p.add_argument("--reason", default=None, help="only this reason")
+    p.add_argument("--limit", default="20", metavar="N", help="show at most N (default 20)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(handler=_cmd_dead_list)
+    p = actions.add_parser("replay", parents=[config_opt], help="move dead letters back to tasks")
+    p.add_argument("--reason", default=None, help="only this reason")
+    p.add_argument(
+        "--id",
+        dest="ids",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="ID",
+        help="only these task-detail numbers",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count what would move; move nothing")
+    p.set_defaults(handler=_cmd_dead_replay)
+    p = actions.add_parser("purge", parents=[config_opt], help="delete old dead letters")
+    p.add_argument("--older-than", required=True, metavar="DURATION", help="30m, 12h, 7d...")
+    p.add_argument("--yes", action="store_true", help="really delete (else: count, exit 2)")
+    p.set_defaults(handler=_cmd_dead_purge)
+
+    rec = sub.add_parser("reconcile", parents=[config_opt], help="list reconcile records")
+    actions = rec.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("list", parents=[config_opt], help="records, oldest first")
+    p.add_argument("--limit", default="20", metavar="N", help="show at most N (default 20)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(handler=_cmd_reconcile_list)
 
 
 def build_parser() -> argparse.ArgumentParser:
