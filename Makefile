@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Touched after a successful install; older than pyproject.toml means install again.
 STAMP := $(VENV)/.installed
 
-.PHONY: setup redis test lint demo run bench clean
+.PHONY: setup redis test lint demo run bench chaos clean
 
 setup: $(STAMP) redis
 
@@ -52,6 +52,11 @@ run: $(STAMP)
 # Options go through BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick`; see bench/README.md.
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# The reliability and security suite at full sizes (under ten minutes on 2 cores); rewrites
+# docs/reliability.md. `make test` runs every scenario in reduced form.
+chaos: setup
+	$(BIN)/python -m chaos.run --full
 
 # Removes everything generated, the virtualenv included; `make setup` rebuilds it.
 clean:
