@@ -14,6 +14,8 @@ from typing import Literal
 
 import psutil
 
+from chaos.defects import DEFECTS, defect_for
+
 Mode = Literal["full", "reduced"]
 
 
@@ -109,11 +111,23 @@ def render(outcomes: Sequence[Outcome], mode: Mode, total_s: float) -> str:
     ]
     for o in outcomes:
         result = "pass" if o.ok else "**FAIL**: " + "; ".join(o.failures)
+        known = defect_for(o.key)
+        if not o.ok and known is not None:
+            result += f" (defect: {known.title.lower()}, see below)"
         lines.append(
             f"| {o.key} | {_cell(o.title)} | {_cell(o.injected)} | {_cell(o.checked)} "
             f"| {_cell(o.figure)} | {_cell(result)} | {o.elapsed_s:.0f} s |"
         )
-    lines += ["", "## Observations", ""]
+    lines += ["", "## Defects the suite found", ""]
+    for d in DEFECTS:
+        lines += [
+            f"**{d.title}** (scenarios {', '.join(d.scenarios)})",
+            "",
+            f"- Seen: {d.seen}.",
+            f"- Diagnosis: {d.diagnosis}",
+            "",
+        ]
+    lines += ["## Observations", ""]
     for o in outcomes:
         if o.notes:
             lines.append(f"**{o.key}. {o.title}**")

@@ -3,9 +3,9 @@
 The full sizes run with `make chaos`, which also writes docs/reliability.md. A scenario
 that fails here fails the same way there; its logs are in the test's tmp_path.
 
-Scenarios marked xfail fail because of product defects the suite found, written down in
-each mark's reason; they still run in full, and pass (XPASS) once the defect is fixed, at
-which point the mark should go.
+Scenarios marked xfail fail because of product defects the suite found (chaos/defects.py,
+also listed in docs/reliability.md); they still run in full, and pass (XPASS) once the
+defect is fixed, at which point its entry in chaos/defects.py should go.
 """
 
 from __future__ import annotations
@@ -14,35 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from chaos.defects import defect_for
 from chaos.report import Scenario
 from chaos.run import SCENARIOS, run_scenario
 
 pytestmark = pytest.mark.timeout(180)
 
-_HELD_ENTRIES_RECLAIMED = (
-    "defect: entries a live worker still holds (retrying, or waiting at the send gate) are"
-    " claimed again after claim_idle_ms by XAUTOCLAIM (source.py claim_stale) and sent a"
-    " second time; the in-flight lease expires at the same moment (dedupe.py lease_ms ="
-    " claim_idle_ms); nothing refreshes either while the batch is held"
-)
-_NOGROUP = (
-    "defect: after Redis restarts empty, XAUTOCLAIM/XREADGROUP answer NOGROUP"
-    " (a ResponseError, not in REDIS_ERRORS) and the worker crashes instead of recreating"
-    " its group (source.py claim_stale/read, intake.py _step)"
-)
-KNOWN_DEFECTS = {
-    "2": _NOGROUP,
-    "3": _HELD_ENTRIES_RECLAIMED,
-    "5": _HELD_ENTRIES_RECLAIMED,
-    "6": _HELD_ENTRIES_RECLAIMED,
-}
-
 
 def _params() -> list[object]:
     params: list[object] = []
     for scenario in SCENARIOS:
-        reason = KNOWN_DEFECTS.get(scenario.key)
-        marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
+        defect = defect_for(scenario.key)
+        marks = [pytest.mark.xfail(reason=defect.title, strict=False)] if defect else []
         params.append(pytest.param(scenario, id=f"s{scenario.key}", marks=marks))
     return params
 
