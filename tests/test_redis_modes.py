@@ -237,7 +237,8 @@ async def test_sentinel_runs_the_pipeline_through_a_failover(
             ports = [s.primary_port() for s in sentinels.sentinels]
             return ports == [sentinels.replica.port] * len(ports)
 
-        await wait_for(failed_over, timeout_s=20, what="the Sentinels to promote the replica")
+        # Two Sentinels may split their votes; a new election follows 2 x failover-timeout.
+        await wait_for(failed_over, timeout_s=30, what="the Sentinels to promote the replica")
         await wait_for(lambda: drained(redis, prefix), timeout_s=30, what="backlog 0")
     assert sentinels.primary.port == old_port
     await assert_invariant(redis, prefix, api, numbers)

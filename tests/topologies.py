@@ -141,7 +141,7 @@ class SentinelProcess:
             f"dir {workdir}\n"
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 1\n"
             f"sentinel down-after-milliseconds {MASTER_NAME} 400\n"
-            f"sentinel failover-timeout {MASTER_NAME} 4000\n"
+            f"sentinel failover-timeout {MASTER_NAME} 2000\n"
         )
         self.proc = subprocess.Popen(
             [_binary("redis-server"), str(conf), "--sentinel"],
