@@ -39,9 +39,7 @@ def test_ceiling_smoke_run_confirms_everything_and_writes_the_json(tmp_path: Pat
     assert bench_run.main(argv) == 0
 
     document = json.loads(out.read_text())
-    assert {"schema", "started_at", "finished_at", "command", "options", "machine"} <= set(
-        document
-    )
+    assert {"schema", "started_at", "finished_at", "command", "options", "machine"} <= set(document)
     assert {"cpu_model", "cores", "python", "redis", "packages"} <= set(document["machine"])
     assert set(document["scenarios"]) == {"ceiling"}
     result = document["scenarios"]["ceiling"]
