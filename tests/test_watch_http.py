@@ -37,6 +37,7 @@ from worker.gate import SendGate
 from worker.httpserver import build_app, serve_http
 from worker.keys import Keys
 from worker.producer import enqueue
+from worker.runner import Worker, WorkerParts
 from worker.stats import Totals, WorkerView
 
 pytestmark = pytest.mark.anyio
@@ -333,3 +334,30 @@ def test_ackworker_run_exits_2_when_the_port_is_taken(
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1
     assert f"ACKWORKER_HTTP_PORT: cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+async def test_healthz_answers_while_redis_is_still_awaited_at_start(prefix: str) -> None:
+    port = free_port()
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    settings = make_settings(dead_redis, prefix, http_port=port)
+    redis = Redis.from_url(dead_redis)
+    parts = WorkerParts(redis, ScriptedApi(), Keys(prefix), FAST_POLICY)
+    worker = Worker(settings, parts)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+
+            async def alive() -> bool:
+                try:
+                    return (await get(port, "/healthz"))[0] == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_for(alive, what="/healthz while Redis is unreachable")
+            status, body = await get_json(port, "/readyz")
+            assert status == 503
+            assert body["reason"] == "redis_unavailable"
+            worker.request_stop()  # stops waiting for Redis, never starts the pipeline
+    finally:
+        await redis.aclose()
+    assert worker.totals.batches == 0

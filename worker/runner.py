@@ -145,16 +145,18 @@ class Worker:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> Totals:
         """Consume until stopped; ``task_status.started()`` fires once the group exists."""
-        await self._connect()
-        log.info("worker.started", consumer=self._s.consumer, **self._public_settings())
         try:
             with self._hard:
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
-                    await tg.start(self._heartbeat().run)
+                    # Watching starts first, so /healthz answers while Redis is still awaited.
                     await start_watching(tg, self._s, self.view(), self._p.clock)
+                    await self._connect()
+                    await tg.start(self._heartbeat().run)
+                    log.info("worker.started", consumer=self._s.consumer, **self._public_settings())
                     task_status.started()
-                    await self._pipeline()
+                    if not self._stopping.is_set():
+                        await self._pipeline()
                     tg.cancel_scope.cancel()  # ends the grace timer and busy rechecks
         finally:
             await self._final_writes()
@@ -166,7 +168,7 @@ class Worker:
         A Redis that refuses our credentials is a setting problem: ConfigError, exit 2.
         """
         failures = 0
-        while True:
+        while not self._stopping.is_set():
             try:
                 await ensure_group(self._p.redis, self._p.keys)
                 return
