@@ -315,10 +315,10 @@ async def test_cluster_keys_share_one_slot_only_with_the_hash_tag(
     assert keys_for(make_settings("redis://h:1/0", prefix, redis_cluster=True)).prefix == (
         "{" + prefix + "}"
     )
-    untagged = Settler(redis, Keys(prefix), dedupe_ttl_s=60)
+    untagged = Settler(redis, Keys(prefix), dedupe_ttl_s=60, consumer="c1")
     with pytest.raises(RedisClusterException, match="same key slot"):
         await untagged.settle(Settlement(dead=[{"id": "x", "reason": "test"}]))
-    tagged_settler = Settler(redis, keys_for(settings), dedupe_ttl_s=60)
+    tagged_settler = Settler(redis, keys_for(settings), dedupe_ttl_s=60, consumer="c1")
     await tagged_settler.settle(Settlement(dead=[{"id": "x", "reason": "test"}]))
     assert await backlog(redis, settings.key_prefix) == 0
     assert await redis.xlen(keys_for(settings).dead) == 1

@@ -8,8 +8,8 @@ after they end, so a number is remembered for between 1 and 1.5 times the TTL, a
 looks at three buckets. More, shorter buckets would hold memory closer to the TTL but cost a
 lookup each per number on every batch; three was the measured balance.
 
-A number being sent holds a lease in ``<prefix>:inflight`` (``consumer|deadline_ms``) so the
-same number arriving on another replica, or twice on this one, is not sent twice at once.
+A number being sent holds a lease in ``<prefix>:inflight`` (``consumer|batch|deadline_ms``) so
+the same number arriving on another replica, or twice on this one, is not sent twice at once.
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ def bucket_s(ttl_s: int) -> int:
 
 _RESERVE_TEMPLATE = """
 local seen_prefix, bucket_s, ttl_s = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local consumer, lease_ms, digests = ARGV[4], tonumber(ARGV[5]), ARGV[7]
+local token, lease_ms, digests = ARGV[4], tonumber(ARGV[5]), ARGV[7]
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local current = math.floor(tonumber(t[1]) / bucket_s)
 local numbers = {}
 for number in string.gmatch(ARGV[6], '[^\\n]+') do numbers[#numbers + 1] = number end
 local held = redis.call('HMGET', KEYS[1], unpack(numbers))
-local lease = consumer .. '|' .. (now_ms + lease_ms)
+local lease = token .. '|' .. (now_ms + lease_ms)
 local out, leases = {}, {}
 for i, number in ipairs(numbers) do
   local status = '0'
@@ -70,8 +70,9 @@ for i, number in ipairs(numbers) do
     end
   end
   if status == '0' and held[i] then
-    local deadline = tonumber(string.match(held[i], '|(%d+)$')) or 0
-    if deadline > now_ms then status = '2' end
+    local holder, deadline = string.match(held[i], '^(.*)|(%d+)$')
+    -- Our own lease (a retried call of this very reservation) does not make a number busy.
+    if holder ~= token and (tonumber(deadline) or 0) > now_ms then status = '2' end
   end
   if status == '0' then
     leases[#leases + 1] = number
@@ -103,16 +104,20 @@ class Dedupe:
         self._config = config
         self._script = register_script(redis, _RESERVE)
 
-    async def reserve(self, numbers: Sequence[str], digests: bytes) -> list[Reservation]:
+    async def reserve(
+        self, numbers: Sequence[str], digests: bytes, batch_id: str
+    ) -> list[Reservation]:
         """Decide for each number whether to send it; leases the ones to send.
 
         ``digests`` are the numbers' digests back to back (:func:`worker.digest.digests`).
+        A lease reads ``<consumer>|<batch_id>|<deadline ms>``: only this consumer releases or
+        extends it, and only this batch's own (retried) reservation may take it again.
         """
         args: list[str | bytes | int] = [
             self._keys.seen_prefix,
             bucket_s(self._config.ttl_s),
             self._config.ttl_s,
-            self._consumer,
+            f"{self._consumer}|{batch_id}",
             self._config.lease_ms,
             join_numbers(numbers),
             digests,

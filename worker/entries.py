@@ -197,6 +197,13 @@ class Holdings:
     def __len__(self) -> int:
         return len(self._held)
 
+    def __contains__(self, entry_id: object) -> bool:
+        return entry_id in self._held
+
+    def held(self) -> list[Entry]:
+        """Every entry held right now."""
+        return list(self._held.values())
+
     def add(self, entries: list[Entry]) -> None:
         """Record entries just read or claimed."""
         for e in entries:

@@ -14,18 +14,15 @@ from dataclasses import dataclass
 
 import anyio
 from anyio.abc import ObjectSendStream
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.batcher import BatchAssembler
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.entries import Batch, Entry, Holdings
 from worker.logs import get_logger
+from worker.redis_conn import REDIS_ERRORS
 from worker.source import StreamSource
 
 log = get_logger("intake")
-
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +97,9 @@ class Intake:
         return max(1, min(block, until_claim))
 
     async def _take(self, entries: list[Entry]) -> None:
+        # A claim can return an entry this process already holds (its idle time ran out
+        # before the keeper refreshed it); it is being worked on, so it is not taken twice.
+        entries = [e for e in entries if e.entry_id not in self._holdings]
         if not entries:
             return
         self._holdings.add(entries)
@@ -107,6 +107,15 @@ class Intake:
             await self._batches.send(batch)
 
     async def _redis_down(self, exc: BaseException) -> None:
+        if "NOGROUP" in str(exc):
+            # Redis came back without its data (no persistence): recreate stream and group.
+            log.warning("redis.group_recreated", error=str(exc)[:300])
+            try:
+                await self._source.ensure_group()
+            except REDIS_ERRORS:
+                pass  # still down: back off below
+            else:
+                return
         self._redis_failures += 1
         delay = min(5.0, 0.1 * 2 ** min(self._redis_failures, 6))
         log.warning(

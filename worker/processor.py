@@ -8,10 +8,13 @@ the :class:`~worker.gate.SendGate` holds the batch until sending works again.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import anyio
 
 from worker.client import AckResult
 from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
@@ -29,6 +32,7 @@ from worker.gate import SendGate
 from worker.limiter import RateLimiter
 from worker.logs import get_logger
 from worker.reconciler import assess, needs_resend, reconcile_record
+from worker.redis_conn import REDIS_ERRORS
 from worker.retry import RetryPolicy
 from worker.settle import Settlement, Settler
 from worker.source import entry_dead_letter
@@ -37,6 +41,7 @@ from worker.stats import Totals
 log = get_logger("processor")
 
 BUSY_RECHECK_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+SETTLE_DEADLINE_S = 10.0
 
 
 class Acknowledger(Protocol):
@@ -87,6 +92,8 @@ class ProcessorDeps:
     holdings: Holdings
     totals: Totals
     spawn: Callable[[Batch], None]
+    # At most `concurrency` requests in flight, rechecks of busy numbers included.
+    send_slots: anyio.Semaphore
     clock: Clock = SYSTEM_CLOCK
     rng: random.Random = field(default_factory=random.Random)
 
@@ -101,7 +108,7 @@ class Processor:
         """Reserve, send and settle ``batch``; log one ``batch.settled``."""
         d = self._d
         report = BatchReport(batch.batch_id, batch.size, d.clock.monotonic())
-        statuses = await d.dedupe.reserve(batch.numbers, batch.digests())
+        statuses = await d.dedupe.reserve(batch.numbers, batch.digests(), batch.batch_id)
         by_status: dict[Reservation, list[str]] = {r: [] for r in Reservation}
         for number, status in zip(batch.numbers, statuses, strict=True):
             by_status[status].append(number)
@@ -109,14 +116,22 @@ class Processor:
             await self._settle_duplicates(batch.subset(by_status[Reservation.CONFIRMED]), report)
         if by_status[Reservation.BUSY]:
             # Another request carries these numbers right now; decide once it has settled.
-            busy = batch.subset(by_status[Reservation.BUSY])
-            busy.rechecks = batch.rechecks + 1
-            report.size -= busy.size
-            d.spawn(busy)
+            self._defer(batch, by_status[Reservation.BUSY], report)
         if by_status[Reservation.GO]:
             await self._deliver(batch.subset(by_status[Reservation.GO]), report)
-        d.totals.batches += 1
-        log.info("batch.settled", **report.fields(d.clock.monotonic()))
+        if report.size:
+            d.totals.batches += 1
+            log.info("batch.settled", **report.fields(d.clock.monotonic()))
+
+    def _defer(self, batch: Batch, numbers: list[str], report: BatchReport) -> None:
+        """Recheck busy numbers later, as a batch of their own (``<batch_id>.r<n>``) that
+        logs its own ``batch.settled``; all of a batch busy stays that batch."""
+        busy = batch.subset(numbers)
+        if busy is not batch:
+            busy.batch_id = f"{batch.batch_id.split('.r')[0]}.r{batch.rechecks + 1}"
+        busy.rechecks = batch.rechecks + 1
+        report.size -= busy.size
+        self._d.spawn(busy)
 
     async def recheck_busy(self, batch: Batch) -> None:
         """Process numbers that were busy, after a back-off that grows with each recheck.
@@ -153,17 +168,11 @@ class Processor:
         self, batch: Batch, report: BatchReport, token: object
     ) -> AckResult | ApiError:
         d = self._d
-        numbers = batch.numbers
         failures = 0
         while True:
             await d.gate.wait_turn(token)
-            await d.limiter.acquire()
-            for entry in batch.entries():
-                entry.sent = True
-            report.attempts += 1
-            d.totals.requests += 1
             try:
-                result = await d.client.acknowledge(numbers)
+                result = await self._attempt(batch, report)
             except FatalApiError as exc:
                 d.gate.on_fatal(exc, token)
                 continue
@@ -180,6 +189,16 @@ class Processor:
             d.gate.on_answer()
             report.request_ids.append(result.request_id)
             return result
+
+    async def _attempt(self, batch: Batch, report: BatchReport) -> AckResult:
+        d = self._d
+        async with d.send_slots:
+            await d.limiter.acquire()
+            for entry in batch.entries():
+                entry.sent = True
+            report.attempts += 1
+            d.totals.requests += 1
+            return await d.client.acknowledge(batch.numbers)
 
     async def _back_off(self, batch: Batch, exc: ApiError, failures: int) -> None:
         d = self._d
@@ -257,7 +276,24 @@ class Processor:
         await self._settle(Settlement(ack=[e.entry_id for e in entries]), entries)
 
     async def _settle(self, settlement: Settlement, entries: list[Entry]) -> None:
-        await self._d.settler.settle(settlement)
+        """Write an outcome, retrying while Redis is away, shielded from cancellation.
+
+        The API has answered: losing this write would turn confirmed numbers into a false
+        shortfall when the entries are claimed and sent again. Bounded by SETTLE_DEADLINE_S;
+        if Redis stays away that long the entries stay pending and are claimed later.
+        """
+        with anyio.move_on_after(SETTLE_DEADLINE_S, shield=True) as scope:
+            for retry in itertools.count(1):
+                try:
+                    await self._d.settler.settle(settlement)
+                    break
+                except REDIS_ERRORS as exc:
+                    delay = min(2.0, 0.1 * 2**retry)
+                    log.warning("settle.retry", error=str(exc)[:300], retry_in_s=delay)
+                    await self._d.clock.sleep(delay)
+        if scope.cancelled_caught:
+            log.error("settle.failed", entries=len(entries), deadline_s=SETTLE_DEADLINE_S)
+        # Either way this process is done with them: settled, or left pending for a claim.
         self._d.holdings.discard(entries)
 
     def _now(self) -> str:

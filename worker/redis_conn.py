@@ -32,6 +32,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import (
     ClusterDownError,
     RedisClusterException,
+    RedisError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -43,6 +44,10 @@ from worker.keys import Keys
 from worker.settings import ENV_NAMES, Settings
 
 RedisClient: TypeAlias = Redis | RedisCluster
+
+# Any error Redis answers with (unreachable, out of memory, read-only replica, a group lost
+# with a restart) is something to wait out and log, never a reason to stop the worker.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
 """What :func:`open_redis` returns. Both run every command ackworker sends, scripts included."""
 
 

@@ -28,12 +28,13 @@ from worker.entries import Batch, Holdings
 from worker.errors import ConfigError
 from worker.gate import SendGate
 from worker.heartbeat import Heartbeat
-from worker.intake import REDIS_ERRORS, Intake, IntakeConfig
+from worker.intake import Intake, IntakeConfig
+from worker.keeper import Keeper
 from worker.keys import Keys
 from worker.logs import configure_logging, get_logger
 from worker.observed import ObservedClient, ObservedLimiter
 from worker.processor import Acknowledger, Processor, ProcessorDeps
-from worker.redis_conn import RedisClient, keys_for, open_redis
+from worker.redis_conn import REDIS_ERRORS, RedisClient, keys_for, open_redis
 from worker.retry import RetryPolicy
 from worker.settings import Settings
 from worker.settle import Settler
@@ -71,7 +72,10 @@ class Worker:
         self._stopping = anyio.Event()
         self._hard = anyio.CancelScope()
         self._tg: TaskGroup | None = None
-        settler = Settler(parts.redis, parts.keys, dedupe_ttl_s=settings.dedupe_ttl_s)
+        self._pipeline_tg: TaskGroup | None = None
+        settler = Settler(
+            parts.redis, parts.keys, dedupe_ttl_s=settings.dedupe_ttl_s, consumer=settings.consumer
+        )
         self._settler = settler
         self._source = StreamSource(
             parts.redis,
@@ -100,6 +104,7 @@ class Worker:
             holdings=self.holdings,
             totals=self.totals,
             spawn=self._spawn_recheck,
+            send_slots=anyio.Semaphore(s.concurrency),
             clock=p.clock,
             rng=p.rng,
         )
@@ -115,6 +120,12 @@ class Worker:
             self.gate,
             self._stopping,
             self._s.rate_limit,
+        )
+
+    def _keeper(self) -> Keeper:
+        p, s = self._p, self._s
+        return Keeper(
+            p.redis, p.keys, s.consumer, self.holdings, claim_idle_ms=s.claim_idle_ms, clock=p.clock
         )
 
     def _heartbeat(self) -> Heartbeat:
@@ -153,12 +164,17 @@ class Worker:
                     await start_watching(tg, self._s, self.view(), self._p.clock)
                     await self._connect()
                     await tg.start(self._heartbeat().run)
+                    tg.start_soon(self._keeper().run)
                     log.info("worker.started", consumer=self._s.consumer, **self._public_settings())
                     task_status.started()
                     if not self._stopping.is_set():
                         await self._pipeline()
-                    tg.cancel_scope.cancel()  # ends the grace timer and busy rechecks
+                    tg.cancel_scope.cancel()  # ends the grace timer and the watchers
+        except* ConfigError as group:
+            # A setting problem found while connecting; callers expect it unwrapped.
+            raise group.exceptions[0] from None
         finally:
+            self._tg = None
             await self._final_writes()
         return self.totals
 
@@ -193,6 +209,8 @@ class Worker:
         config = IntakeConfig(s.consumer, s.batch_size, s.linger_ms, claim_every_ms)
         intake = Intake(self._source, self.holdings, send, config, self._stopping, self._p.clock)
         async with anyio.create_task_group() as tg:
+            # Busy rechecks run in this group too, so draining waits for them.
+            self._pipeline_tg = tg
             tg.start_soon(intake.run)
             with receive:
                 for _ in range(s.concurrency):
@@ -218,8 +236,8 @@ class Worker:
             )
 
     def _spawn_recheck(self, batch: Batch) -> None:
-        if self._tg is not None:
-            self._tg.start_soon(self._recheck, batch)
+        if self._pipeline_tg is not None:
+            self._pipeline_tg.start_soon(self._recheck, batch)
 
     async def _recheck(self, batch: Batch) -> None:
         try:

@@ -190,6 +190,9 @@ def _check_key_prefix(value: str) -> str:
 def _check_consumer(value: str) -> str:
     if not 1 <= len(value) <= 128 or not value.isprintable() or any(c.isspace() for c in value):
         raise _Invalid("is not valid")
+    if "|" in value:
+        # In-flight leases read "<consumer>|<batch>|<deadline>"; a '|' would blur the owner.
+        raise _Invalid("contains '|'")
     return value
 
 
@@ -240,7 +243,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("key_prefix", str, "must be 1 to 64 characters of A-Z a-z 0-9 _ . : - { }",
           "Prefix of every Redis key; {braces} keep all keys in one cluster slot.",
           _check_key_prefix),
-    _Spec("consumer", str, "must be 1 to 128 printable characters with no whitespace",
+    _Spec("consumer", str, "must be 1 to 128 printable characters, no whitespace or '|'",
           "Consumer name in the stream's group; unique and stable per worker.", _check_consumer),
     _Spec("endpoint", str, "must be an http(s):// URL with a host, no query, fragment or user",
           "Domain API endpoint; a trailing slash is removed.", _check_endpoint, url=True),

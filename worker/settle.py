@@ -25,16 +25,19 @@ from worker.redis_conn import RedisClient, register_script
 
 _SETTLE = """
 local group, seen_prefix = ARGV[1], ARGV[2]
-local bucket_len, ttl_s = tonumber(ARGV[3]), tonumber(ARGV[4])
+local bucket_len, ttl_s, consumer = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[9]
 local function split(blob)
   local items = {}
   for item in string.gmatch(blob, '[^\\n]+') do items[#items + 1] = item end
   return items
 end
+-- Chunks keep every call far below Lua's unpack limit (about 8000 values): duplicates ride
+-- along in a batch, so one batch may carry thousands of entries.
 local ids = split(ARGV[5])
-if #ids > 0 then
-  redis.call('XACK', KEYS[1], group, unpack(ids))
-  redis.call('XDEL', KEYS[1], unpack(ids))
+for i = 1, #ids, 1000 do
+  local last = math.min(i + 999, #ids)
+  redis.call('XACK', KEYS[1], group, unpack(ids, i, last))
+  redis.call('XDEL', KEYS[1], unpack(ids, i, last))
 end
 local digests = ARGV[6]
 if #digests > 0 and ttl_s > 0 then
@@ -52,26 +55,42 @@ if #digests > 0 and ttl_s > 0 then
     end
   end
 end
-local release = split(ARGV[7])
-if #release > 0 then redis.call('HDEL', KEYS[4], unpack(release)) end
+-- Release only leases this consumer holds: one that expired and was taken by another
+-- replica belongs to that replica's request.
+local mine = consumer .. '|'
+for _, number in ipairs(split(ARGV[7])) do
+  local held = redis.call('HGET', KEYS[4], number)
+  if held and string.sub(held, 1, #mine) == mine then redis.call('HDEL', KEYS[4], number) end
+end
 local n_dead = tonumber(ARGV[8])
-for j = 9, 8 + n_dead do
+for j = 10, 9 + n_dead do
   redis.call('XADD', KEYS[2], '*', unpack(cjson.decode(ARGV[j])))
 end
-for j = 9 + n_dead, #ARGV do
+for j = 10 + n_dead, #ARGV do
   redis.call('XADD', KEYS[3], '*', unpack(cjson.decode(ARGV[j])))
 end
 return 1
 """
 
 _HAND_BACK = """
-local group = ARGV[1]
-for j = 2, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], '*', unpack(cjson.decode(ARGV[j + 1])))
-  redis.call('XACK', KEYS[1], group, ARGV[j])
-  redis.call('XDEL', KEYS[1], ARGV[j])
+local group, consumer = ARGV[1], ARGV[2]
+local moved = 0
+for j = 3, #ARGV, 2 do
+  -- Only entries still pending on this consumer: one claimed away meanwhile is another's.
+  local p = redis.call('XPENDING', KEYS[1], group, ARGV[j], ARGV[j], 1)
+  if p[1] and p[1][2] == consumer then
+    local fields = cjson.decode(ARGV[j + 1])
+    redis.call('XADD', KEYS[1], '*', unpack(fields))
+    redis.call('XACK', KEYS[1], group, ARGV[j])
+    redis.call('XDEL', KEYS[1], ARGV[j])
+    local held = redis.call('HGET', KEYS[2], fields[2])
+    if held and string.sub(held, 1, #consumer + 1) == consumer .. '|' then
+      redis.call('HDEL', KEYS[2], fields[2])
+    end
+    moved = moved + 1
+  end
 end
-return (#ARGV - 1) / 2
+return moved
 """
 
 
@@ -97,8 +116,9 @@ class Settlement:
 class Settler:
     """Writes settlements atomically."""
 
-    def __init__(self, redis: RedisClient, keys: Keys, *, dedupe_ttl_s: int) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, dedupe_ttl_s: int, consumer: str) -> None:
         self._keys = keys
+        self._consumer = consumer
         self._ttl_s = dedupe_ttl_s
         self._settle = register_script(redis, _SETTLE)
         self._hand_back = register_script(redis, _HAND_BACK)
@@ -114,6 +134,7 @@ class Settler:
             s.confirmed,
             join_numbers(s.release),
             len(s.dead),
+            self._consumer,
             *map(_flat, s.dead),
             *map(_flat, s.reconcile),
         ]
@@ -121,10 +142,11 @@ class Settler:
         await self._settle(keys=[k.tasks, k.dead, k.reconcile, k.inflight], args=args)
 
     async def hand_back(self, entries: Sequence[Entry]) -> int:
-        """Re-queue unsent entries at the stream's tail and acknowledge the originals."""
+        """Re-queue unsent entries still pending on this consumer at the stream's tail,
+        acknowledge the originals and release their leases; returns how many moved."""
         if not entries:
             return 0
-        args: list[bytes | str] = [self._keys.group]
+        args: list[bytes | str] = [self._keys.group, self._consumer]
         for e in entries:
             fields = {"id": e.number}
             if e.task_no:
@@ -132,5 +154,6 @@ class Settler:
             if e.domain:
                 fields["domain"] = e.domain
             args += (e.entry_id, _flat(fields))
-        moved = await self._hand_back(keys=[self._keys.tasks], args=args)
+        keys = [self._keys.tasks, self._keys.inflight]
+        moved = await self._hand_back(keys=keys, args=args)
         return int(moved)

@@ -99,6 +99,10 @@ class StreamSource:
         # parsing we need; this process only reads the task stream through here.
         redis.set_response_callback("XREADGROUP", _raw_reply)
 
+    async def ensure_group(self) -> None:
+        """Create the stream and group again (after Redis lost them)."""
+        await ensure_group(self._redis, self._keys)
+
     async def read(self, count: int, block_ms: int | None) -> list[Entry]:
         """Read up to ``count`` new entries, blocking up to ``block_ms`` (None: not at all)."""
         args: list[str | int] = ["XREADGROUP", "GROUP", self._keys.group, self._config.consumer]
