@@ -1,0 +1,98 @@
+"""Regression tests for defects the chaos suite and a review found in the pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from tests.conftest import RedisServer
+from tests.harness import (
+    ScriptedApi,
+    drained,
+    make_settings,
+    running_worker,
+    stream_fields,
+    wait_for,
+    with_consumer,
+)
+from worker.client import AckResult
+from worker.keys import Keys
+from worker.producer import enqueue
+
+pytestmark = pytest.mark.anyio
+
+IDS = [f"{i:032x}" for i in range(1, 31)]
+
+
+class GatedApi:
+    """Holds every request until ``release`` is set; records what was sent."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.release = anyio.Event()
+
+    async def acknowledge(self, ids: Sequence[str]) -> AckResult:
+        self.calls.append(list(ids))
+        await self.release.wait()
+        return AckResult(len(set(ids)), f"req-{len(self.calls)}")
+
+
+async def test_entries_held_past_claim_idle_are_not_claimed_by_another_replica(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    await enqueue(redis, Keys(prefix), IDS[:10])
+    holder_api, other_api = GatedApi(), ScriptedApi()
+    settings = make_settings(redis_server.url, prefix, claim_idle_ms=1000, batch_size=10)
+    async with running_worker(settings, redis, holder_api) as holder:
+
+        async def one_request_in_flight() -> bool:
+            return len(holder_api.calls) == 1
+
+        await wait_for(one_request_in_flight, what="request in flight")
+        other = with_consumer(settings, f"{prefix}-c2")
+        async with running_worker(other, redis, other_api):
+            # What is under test is elapsed time itself: three claim periods pass while the
+            # first request is still held, and the other replica must claim nothing.
+            await anyio.sleep(3.0)
+            assert other_api.calls == []
+            holder_api.release.set()
+            await wait_for(lambda: drained(redis, prefix), what="settled by the holder")
+    assert holder.totals.confirmed == 10
+    assert await redis.xlen(Keys(prefix).reconcile) == 0
+
+
+async def test_a_batch_of_thousands_of_duplicates_settles(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    # Upstream pollers re-push what they have not seen acknowledged: one batch of three
+    # numbers can carry thousands of entries, more than Lua can unpack in one call.
+    numbers = [IDS[i % 3] for i in range(9000)]
+    await enqueue(redis, Keys(prefix), numbers)
+    api = ScriptedApi()
+    settings = make_settings(redis_server.url, prefix, batch_size=1000, concurrency=4)
+    async with running_worker(settings, redis, api) as worker:
+        await wait_for(lambda: drained(redis, prefix), timeout_s=30, what="all settled")
+    assert worker.totals.confirmed + worker.totals.duplicates == 9000
+    assert worker.totals.confirmed == 3
+
+
+async def test_stream_lost_with_a_redis_restart_is_recreated(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, IDS[:5])
+    api = ScriptedApi()
+    async with running_worker(make_settings(redis_server.url, prefix), redis, api) as worker:
+        await wait_for(lambda: drained(redis, prefix), what="first numbers settled")
+        await redis.delete(keys.tasks)  # as if Redis restarted without persistence
+        await redis.xadd(keys.tasks, {"id": IDS[5]})  # a producer's plain XADD, no group
+
+        async def confirmed_six() -> bool:
+            return worker.totals.confirmed == 6
+
+        await wait_for(confirmed_six, what="the group recreated and the new number confirmed")
+    dead = await stream_fields(redis, keys.dead)
+    assert dead == []
