@@ -112,6 +112,17 @@ async def test_bad_credentials_are_fatal(
     assert_no_secret(caught.value)
 
 
+async def test_sts_token_echoed_by_a_signature_mismatch_is_not_kept(api: MockApi) -> None:
+    # For V1 the service quotes its string to sign, SecurityToken included, in the message.
+    wrong = Credentials("STSkey0001", "wrong-" + SECRET, TOKEN)
+    async with client_for(api, signature="v1", creds=wrong) as client:
+        with pytest.raises(AuthError) as caught:
+            await client.acknowledge(IDS[:1])
+    assert caught.value.code == "SignatureDoesNotMatch"
+    assert "string to sign omitted" in caught.value.message
+    assert_no_secret(caught.value)
+
+
 async def test_clock_skew_is_fatal(api: MockApi) -> None:
     api.faults.update({"clock_offset_s": 20 * 60})
     async with client_for(api) as client:

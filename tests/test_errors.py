@@ -7,6 +7,7 @@ import pytest
 from worker.errors import (
     AuthError,
     ClockSkewError,
+    EndpointError,
     NonceUsedError,
     PermanentApiError,
     ServerError,
@@ -35,6 +36,10 @@ from worker.errors import (
         ("MissingTaskDetailNo", 400, PermanentApiError),
         ("InvalidParameter", 400, PermanentApiError),
         ("HTTP429", 429, ThrottledError),
+        ("NoPermission", 403, AuthError),
+        ("HTTP401", 401, AuthError),
+        ("InvalidAction.NotFound", 404, EndpointError),
+        ("InvalidVersion", 400, EndpointError),
     ],
 )
 def test_mapping(code: str, status: int, cls: type) -> None:

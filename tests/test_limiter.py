@@ -50,6 +50,15 @@ async def test_throttle_cuts_rate_once_per_second_and_pauses_fleet(
     assert nxt.wait_s == pytest.approx(0.4, abs=1e-3)  # the shared pause holds everyone
 
 
+async def test_a_huge_retry_after_pauses_the_fleet_for_at_most_300_s(
+    redis: Redis, prefix: str
+) -> None:
+    limiter = RateLimiter(redis, Keys(prefix).limiter, 10.0)
+    t0 = 1_000 * S
+    reply = await limiter.call("throttled", pause_ms=1e12, now_us=t0)
+    assert reply.horizon_s == pytest.approx(300.0)
+
+
 async def test_rate_never_falls_below_one_per_second(redis: Redis, prefix: str) -> None:
     limiter = RateLimiter(redis, Keys(prefix).limiter, 2.0)
     rate = 2.0
@@ -68,8 +77,8 @@ async def test_rate_recovers_additively_then_slowly_near_the_ceiling(
     after_2s = await limiter.call("peek", now_us=t0 + 2 * S)
     assert after_2s.rate == pytest.approx(16.0)  # +5% of the limit per second
     reaches_zone = await limiter.call("peek", now_us=t0 + 5 * S)
-    assert reaches_zone.rate == pytest.approx(19.0)  # 95% of the ceiling it was cut from
+    assert reaches_zone.rate == pytest.approx(18.0)  # fast only up to 90% of the ceiling
     near = await limiter.call("peek", now_us=t0 + 7 * S)
-    assert near.rate == pytest.approx(19.2)  # slow climb (0.5% of the limit per second)
+    assert near.rate == pytest.approx(18.2)  # then 0.5% of the ceiling per second
     recovered = await limiter.call("peek", now_us=t0 + 60 * S)
     assert recovered.rate == pytest.approx(20.0)

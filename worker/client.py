@@ -9,6 +9,7 @@ cancellation passes through untouched.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -22,7 +23,14 @@ import yarl
 
 from worker import signing
 from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
-from worker.errors import ApiError, ProtocolError, TransportError, error_class_for
+from worker.errors import (
+    ApiError,
+    AuthError,
+    CertificateError,
+    ProtocolError,
+    TransportError,
+    error_class_for,
+)
 
 API_VERSION = "2018-01-29"
 _EXCERPT_BYTES = 160
@@ -84,19 +92,30 @@ def _excerpt(raw: bytes) -> str:
     return " ".join(text.split()) + ("..." if len(raw) > _EXCERPT_BYTES else "")
 
 
-def _transport_error(exc: BaseException) -> TransportError:
+def _scrub_url(exc: BaseException) -> str:
     # aiohttp messages can quote the request URL, whose V1 query holds the signature.
     text = _QUERY_RE.sub("?...", str(exc)) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _transport_error(exc: BaseException) -> TransportError:
     code = "Timeout" if isinstance(exc, TimeoutError) else "ConnectionError"
-    return TransportError(code, f"{type(exc).__name__}: {text}"[:300])
+    return TransportError(code, _scrub_url(exc))
+
+
+MAX_RETRY_AFTER_S = 300.0
 
 
 def _retry_after_s(value: str | None) -> float | None:
-    # x-acs-retry-after is in milliseconds.
+    """``x-acs-retry-after`` (milliseconds) in seconds, clamped to [0, 300]: the hint pauses
+    the whole fleet, so a garbled or absurd value must not stop it for hours."""
     try:
-        return max(0.0, float(value) / 1000.0) if value is not None else None
+        seconds = float(value) / 1000.0 if value is not None else None
     except ValueError:
         return None
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
 
 
 def _decode(raw: bytes, status: int, retry_after: str | None) -> dict[str, Any]:
@@ -105,6 +124,9 @@ def _decode(raw: bytes, status: int, retry_after: str | None) -> dict[str, Any]:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         data = None
+    if not isinstance(data, dict) and status in (401, 403):
+        # A proxy's refusal page: the request is refused whatever it carries.
+        raise AuthError(f"HTTP{status}", f"refused, body: {_excerpt(raw)!r}", http_status=status)
     if not isinstance(data, dict):
         raise ProtocolError(
             "InvalidResponse",
@@ -119,11 +141,24 @@ def _decode(raw: bytes, status: int, retry_after: str | None) -> dict[str, Any]:
     cls = error_class_for(code_text, status)
     raise cls(
         code_text,
-        str(data.get("Message") or "")[:300],
+        _message(data),
         request_id=str(data.get("RequestId") or "") or None,
         http_status=status,
         retry_after_s=_retry_after_s(retry_after),
     )
+
+
+_ECHO_RE = re.compile(r"(string ?to ?sign|canonical ?request)", re.IGNORECASE)
+
+
+def _message(data: dict[str, Any]) -> str:
+    """The error message, cut before any echo of what the server signed: for
+    SignatureDoesNotMatch the service quotes its string to sign, which holds the STS token."""
+    text = str(data.get("Message") or "")
+    match = _ECHO_RE.search(text)
+    if match:
+        text = text[: match.start()].rstrip(" :,") + " (server's string to sign omitted)"
+    return text[:300]
 
 
 def _int_field(data: dict[str, Any], name: str, raw_excerpt: str) -> int:
@@ -231,6 +266,9 @@ class DomainClient:
             ) as response:
                 raw = await response.read()
                 status, retry_after = response.status, response.headers.get("x-acs-retry-after")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Retrying cannot fix a certificate; hold the items like refused credentials.
+            raise CertificateError("CertificateVerifyFailed", _scrub_url(exc)) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _transport_error(exc) from None
         return _decode(raw, status, retry_after), _excerpt(raw)

@@ -12,8 +12,11 @@
         │   ├── TransportError      connection reset, refused, timed out
         │   └── ProtocolError       a body that is not the documented JSON
         ├── FatalApiError           the process cannot send until an operator acts
-        │   ├── AuthError           InvalidAccessKeyId*, SignatureDoesNotMatch, Forbidden*
-        │   └── ClockSkewError      InvalidTimeStamp*
+        │   ├── AuthError           InvalidAccessKeyId*, SignatureDoesNotMatch, Forbidden*,
+        │   │                       any other 401/403
+        │   ├── ClockSkewError      InvalidTimeStamp*
+        │   ├── EndpointError       InvalidAction*, InvalidVersion*: wrong endpoint or version
+        │   └── CertificateError    the endpoint's TLS certificate failed verification
         └── PermanentApiError       other 4xx: this request will never succeed as sent
 
 Cancellation is never wrapped: anyio's cancellation exceptions pass through untouched.
@@ -96,9 +99,13 @@ class ProtocolError(RetryableApiError):
 
 
 class FatalApiError(ApiError):
-    """Sending cannot work until an operator fixes credentials, permissions or the clock."""
+    """Sending cannot work until an operator fixes credentials, permissions or the clock.
+
+    ``event`` is the log event the send gate reports it with.
+    """
 
     fatal = True
+    event = "api.auth_failed"
 
 
 class AuthError(FatalApiError):
@@ -107,6 +114,20 @@ class AuthError(FatalApiError):
 
 class ClockSkewError(FatalApiError):
     """The request timestamp was refused: this host's clock is off by more than 15 minutes."""
+
+    event = "api.clock_skew"
+
+
+class EndpointError(FatalApiError):
+    """The service does not know the action or version: the endpoint setting is wrong."""
+
+    event = "api.endpoint_refused"
+
+
+class CertificateError(FatalApiError):
+    """The endpoint's TLS certificate failed verification (a proxy, or a missing CA)."""
+
+    event = "api.tls_failed"
 
 
 class PermanentApiError(ApiError):
@@ -118,6 +139,9 @@ _PREFIX_CLASSES: tuple[tuple[str, type[ApiError]], ...] = (
     ("InvalidAccessKeyId", AuthError),
     ("Forbidden", AuthError),
     ("InvalidTimeStamp", ClockSkewError),
+    ("InvalidAction", EndpointError),
+    ("InvalidVersion", EndpointError),
+    ("InvalidApi", EndpointError),
 )
 _EXACT_CLASSES: dict[str, type[ApiError]] = {
     "SignatureDoesNotMatch": AuthError,
@@ -147,4 +171,7 @@ def error_class_for(code: str, http_status: int) -> type[ApiError]:
         return ServerError
     if http_status == 429:
         return ThrottledError
+    if http_status in (401, 403):
+        # Refused whoever sends it: not the items' fault, so never split and dead-letter.
+        return AuthError
     return PermanentApiError

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import anyio
 
 from worker.clock import Clock
-from worker.errors import ClockSkewError, ConfigError, FatalApiError
+from worker.errors import ConfigError, FatalApiError
 from worker.logs import get_logger
 from worker.retry import RetryPolicy
 
@@ -63,7 +63,7 @@ class SendGate:
             self._prober = token
         self.problem = exc.code
         log.error(
-            "api.clock_skew" if isinstance(exc, ClockSkewError) else "api.auth_failed",
+            exc.event,
             code=exc.code,
             message=exc.message,
             request_id=exc.request_id,

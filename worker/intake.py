@@ -91,7 +91,11 @@ class Intake:
     def _block_ms(self) -> int:
         now = self._clock.monotonic()
         left = self._assembler.time_left_s(now)
-        block = self._config.idle_block_ms if left is None else math.ceil(left * 1000.0)
+        block = self._config.idle_block_ms
+        if left is not None:
+            # Never block longer than idle_block_ms either, so a stop request is noticed
+            # quickly even when linger_ms is long.
+            block = min(block, math.ceil(left * 1000.0))
         until_claim = math.ceil((self._next_claim - now) * 1000.0)
         # XREADGROUP's BLOCK 0 means forever, so never ask for less than 1 ms.
         return max(1, min(block, until_claim))

@@ -9,9 +9,9 @@ Every worker on the same Redis and prefix shares one hash, ``<prefix>:limiter``:
 - ``rate``: the effective rate (requests/s). A throttling answer cuts it multiplicatively
   (×0.7, at most once per second, since answers to requests already sent at the old rate say
   nothing new; never below 1/s) and remembers the rate it was cut from as ``ceiling``. While no
-  throttling arrives it climbs back additively: 5% of the limit per second, but only 0.5% per
-  second near the ceiling, so a fleet whose real quota is below the limit settles just under
-  the quota instead of bouncing off it.
+  throttling arrives it climbs back additively: 5% of the limit per second up to 90% of the
+  ceiling, then only 0.5% of the ceiling per second until 5% above it (about 30 s), so a fleet
+  whose real quota is below the limit settles just under the quota instead of bouncing off it.
 - A throttling answer also pushes ``tat`` forward by ``x-acs-retry-after`` (or one interval):
   a pause every worker honours.
 
@@ -46,9 +46,15 @@ local updated = tonumber(s[4]) or now
 local last_cut = tonumber(s[5]) or 0
 local dt = math.max(0, now - updated) / 1000000
 if rate < limit and dt > 0 then
-  local step = limit * 0.05
-  if rate >= 0.95 * ceiling and rate <= 1.05 * ceiling then step = limit * 0.005 end
-  rate = math.min(limit, rate + step * dt)
+  if rate < 0.9 * ceiling then
+    -- Fast back to 90% of the rate that was throttled, then a slow probe from there.
+    rate = math.min(0.9 * ceiling, rate + limit * 0.05 * dt)
+  elseif rate <= 1.05 * ceiling then
+    rate = rate + ceiling * 0.005 * dt
+  else
+    rate = rate + limit * 0.05 * dt
+  end
+  rate = math.min(limit, rate)
 end
 if op == 'throttled' then
   if now - last_cut >= 1000000 then
@@ -56,8 +62,9 @@ if op == 'throttled' then
     rate = math.max(1, rate * 0.7)
     last_cut = now
   end
-  local pause = tonumber(ARGV[4]) * 1000
-  if pause <= 0 then pause = 1000000 / rate end
+  -- A retry-after hint pauses everyone: at most 300 s, whatever a caller passes.
+  local pause = math.min(tonumber(ARGV[4]) or 0, 300000) * 1000
+  if not (pause > 0) then pause = 1000000 / rate end
   tat = math.max(tat, now + pause)
 elseif op == 'acquire' then
   tat = math.max(tat, now) + 1000000 / rate

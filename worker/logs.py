@@ -37,6 +37,8 @@ _PATTERNS = (
     (re.compile(r"(Signature=)[^&\s\"']+"), r"\1" + MASK),
     # V3 Authorization header value and anything after "Signature=" in it.
     (re.compile(r"(ACS3-HMAC-SHA256 Credential=[^,\s]*,SignedHeaders=[^,\s]*,)\S+"), r"\1" + MASK),
+    # An STS token echoed in a string to sign, raw or percent-encoded once or twice.
+    (re.compile(r"(SecurityToken(?:=|%3D|%253D))(?:(?!%26|%2526|&)[^\s\"'])+"), r"\1" + MASK),
     # user:password@ in redis://, rediss:// and http(s) URLs.
     (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@"), r"\1" + MASK + "@"),
 )

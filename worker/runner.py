@@ -31,7 +31,7 @@ from worker.heartbeat import Heartbeat
 from worker.intake import Intake, IntakeConfig
 from worker.keeper import Keeper
 from worker.keys import Keys
-from worker.logs import configure_logging, get_logger
+from worker.logs import configure_logging, get_logger, scrubber
 from worker.observed import ObservedClient, ObservedLimiter
 from worker.processor import Acknowledger, Processor, ProcessorDeps
 from worker.redis_conn import REDIS_ERRORS, RedisClient, keys_for, open_redis
@@ -306,7 +306,10 @@ async def serve(settings: Settings) -> Totals:
     ) as client:
 
         def reload() -> None:
-            client.set_credentials(settings.credentials.load())
+            fresh = settings.credentials.load()
+            scrubber.add_secret(fresh.access_key_secret)
+            scrubber.add_secret(fresh.security_token)
+            client.set_credentials(fresh)
 
         policy = RetryPolicy(max_attempts=settings.max_attempts)
         worker = Worker(settings, WorkerParts(redis, client, keys, policy, reload))
