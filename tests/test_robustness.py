@@ -19,6 +19,8 @@ from tests.harness import (
     with_consumer,
 )
 from worker.client import AckResult
+from worker.entries import Entry, Holdings
+from worker.keeper import Keeper
 from worker.keys import Keys
 from worker.producer import enqueue
 
@@ -62,6 +64,34 @@ async def test_entries_held_past_claim_idle_are_not_claimed_by_another_replica(
             await wait_for(lambda: drained(redis, prefix), what="settled by the holder")
     assert holder.totals.confirmed == 10
     assert await redis.xlen(Keys(prefix).reconcile) == 0
+    assert await redis.xlen(Keys(prefix).dead) == 0
+
+
+async def test_keeper_refreshes_held_entries_without_counting_a_delivery(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, IDS[:10])
+    api = GatedApi()
+    settings = make_settings(redis_server.url, prefix, claim_idle_ms=1000, batch_size=10)
+    async with running_worker(settings, redis, api):
+
+        async def one_request_in_flight() -> bool:
+            return len(api.calls) == 1
+
+        await wait_for(one_request_in_flight, what="request in flight")
+        # Elapsed time is what is under test: three claim periods with the request held.
+        await anyio.sleep(3.0)
+        pending = await redis.xpending_range(keys.tasks, keys.group, "-", "+", 100)
+        lease: bytes | None = await redis.hget(keys.inflight, IDS[0])  # type: ignore[misc]
+        api.release.set()
+    assert len(pending) == 10
+    assert {p["consumer"].decode() for p in pending} == {settings.consumer}
+    # Refreshed by XCLAIM JUSTID (not a delivery) rather than claimed again by anyone.
+    assert {p["times_delivered"] for p in pending} == {1}
+    assert all(p["time_since_delivered"] < 1000 for p in pending)
+    assert lease is not None
+    assert lease.decode().startswith(f"{settings.consumer}|")
 
 
 async def test_a_batch_of_thousands_of_duplicates_settles(
@@ -96,3 +126,20 @@ async def test_stream_lost_with_a_redis_restart_is_recreated(
         await wait_for(confirmed_six, what="the group recreated and the new number confirmed")
     dead = await stream_fields(redis, keys.dead)
     assert dead == []
+
+
+async def test_keeper_touches_only_entries_still_ours(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, IDS[:4])
+    rows = await redis.xreadgroup(keys.group, "me", {keys.tasks: ">"}, count=3)
+    await redis.xreadgroup(keys.group, "peer", {keys.tasks: ">"}, count=1)
+    mine = [Entry(eid, fields[b"id"].decode()) for eid, fields in rows[0][1]]
+    everything = await redis.xpending_range(keys.tasks, keys.group, "-", "+", 10)
+    peer_entry = Entry(everything[-1]["message_id"], IDS[3])
+    holdings = Holdings()
+    keeper = Keeper(redis, keys, "me", holdings, claim_idle_ms=1000)
+    kept = await keeper.touch([*mine, peer_entry])
+    after = await redis.xpending_range(keys.tasks, keys.group, "-", "+", 10)
+    assert kept == 3
+    assert [p["consumer"] for p in after] == [b"me", b"me", b"me", b"peer"]
+    assert [p["times_delivered"] for p in after] == [1, 1, 1, 1]

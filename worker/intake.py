@@ -75,7 +75,8 @@ class Intake:
         now = self._clock.monotonic()
         if now >= self._next_claim:
             self._next_claim = now + self._config.claim_every_ms / 1000.0
-            await self._take(await self._source.claim_stale(self._assembler.room))
+            room = self._assembler.room
+            await self._take(await self._source.claim_stale(room, self._holdings))
         expired = self._assembler.take_expired(self._clock.monotonic())
         if expired is not None:
             await self._batches.send(expired)

@@ -28,17 +28,20 @@ local group, consumer, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local mine = {}
-for id in string.gmatch(ARGV[4], '[^\\\\n]+') do
+for id in string.gmatch(ARGV[4], '[^\\n]+') do
   local p = redis.call('XPENDING', KEYS[1], group, id, id, 1)
   if p[1] and p[1][2] == consumer then mine[#mine + 1] = id end
 end
 for i = 1, #mine, 500 do
-  redis.call('XCLAIM', KEYS[1], group, consumer, 0,
-    unpack(mine, i, math.min(i + 499, #mine)), 'JUSTID')
+  -- unpack() expands only as the last argument, so JUSTID goes into the table first.
+  local args = {KEYS[1], group, consumer, 0}
+  for j = i, math.min(i + 499, #mine) do args[#args + 1] = mine[j] end
+  args[#args + 1] = 'JUSTID'
+  redis.call('XCLAIM', unpack(args))
 end
 local prefix = consumer .. '|'
 local lease = prefix .. (now_ms + lease_ms)
-for number in string.gmatch(ARGV[5], '[^\\\\n]+') do
+for number in string.gmatch(ARGV[5], '[^\\n]+') do
   local held = redis.call('HGET', KEYS[2], number)
   if held and string.sub(held, 1, #prefix) == prefix then
     redis.call('HSET', KEYS[2], number, lease)

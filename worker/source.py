@@ -8,7 +8,7 @@ fleet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,8 +118,12 @@ class StreamSource:
         rows: list[tuple[bytes, list[bytes]]] = reply[0][1]
         return await self._accept([(i, f or []) for i, f in rows], {})
 
-    async def claim_stale(self, count: int) -> list[Entry]:
-        """Take over up to ``count`` entries idle longer than ``claim_idle_ms`` anywhere."""
+    async def claim_stale(self, count: int, held: Container[bytes] = ()) -> list[Entry]:
+        """Take over up to ``count`` entries idle longer than ``claim_idle_ms`` anywhere.
+
+        Entries in ``held`` are this process's own work in progress (their refresh came
+        late): they are left alone, not counted as a redelivery of poison.
+        """
         reply: Any = await self._redis.xautoclaim(
             self._keys.tasks,
             self._keys.group,
@@ -129,10 +133,11 @@ class StreamSource:
             count=count,
         )
         self._claim_cursor = _as_str(reply[0])
-        claimed: list[tuple[bytes, RawFields | None]] = reply[1]
+        claimed: list[tuple[bytes, RawFields | None]] = [r for r in reply[1] if r[0] not in held]
         if not claimed:
             return []
         deliveries = await self._deliveries([r[0] for r in claimed])
+        log.info("item.claimed", count=len(claimed), idle_ms=self._config.claim_idle_ms)
         # An id no longer pending was settled by its owner meanwhile: nothing to do.
         rows = [
             (i, [x for kv in (f or {}).items() for x in kv]) for i, f in claimed if i in deliveries
