@@ -7,11 +7,9 @@ scenario ended. :func:`stack` is the usual way in: a fresh Redis and a seeded st
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import redis
+
+# Re-exported: the rest of the package imports them from here.
+from worker.sandbox import clean_env as clean_env
+from worker.sandbox import free_port as free_port
 
 T = TypeVar("T")
 
@@ -34,23 +36,6 @@ _LISTENING = re.compile(r"mock-api listening on (http://\S+)")
 
 class BenchError(Exception):
     """A scenario could not be measured; ``str()`` says why."""
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago; never 6379."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port != 6379:
-            return port
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without ACKWORKER_* and ALIBABA_* variables, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACKWORKER_", "ALIBABA_"))}
-    env.update(extra)
-    return env
 
 
 def poll_until(

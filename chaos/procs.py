@@ -28,6 +28,10 @@ import redis
 
 from worker.keys import Keys
 
+# Re-exported: the rest of the package imports them from here.
+from worker.sandbox import clean_env as clean_env
+from worker.sandbox import free_port as free_port
+
 PYTHON = sys.executable
 REPO = Path(__file__).resolve().parent.parent
 POLL_S = 0.05
@@ -36,14 +40,6 @@ POLL_S = 0.05
 
 class ChaosError(AssertionError):
     """A scenario could not go on: a deadline passed or a process misbehaved."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> float:
@@ -269,14 +265,6 @@ class WorkerProc(Proc):
 
     def tail(self) -> str:
         return self.output()[-600:]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without ACKWORKER_*, ALIBABA_* and SSL_* variables, plus ``extra``."""
-    prefixes = ("ACKWORKER_", "ALIBABA_", "SSL_CERT_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    env.update(extra)
-    return env
 
 
 def worker_env(

@@ -20,16 +20,12 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from worker import sandbox
+
 REPO = Path(__file__).resolve().parent.parent
+free_port = sandbox.free_port
+worker_env = sandbox.clean_env  # a subprocess environment without stray settings
 _prefixes = itertools.count()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(
@@ -115,13 +111,6 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
-
-
-def worker_env(**extra: str) -> dict[str, str]:
-    """An environment for ``python -m worker`` subprocesses: no stray ACKWORKER_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACKWORKER_", "ALIBABA_"))}
-    env.update(extra)
-    return env
 
 
 PYTHON = sys.executable

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,10 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import redis
+
+# Re-exported: the rest of the package imports them from here.
+from worker.sandbox import clean_env as clean_env
+from worker.sandbox import free_port as free_port
 
 T = TypeVar("T")
 
@@ -129,23 +131,6 @@ def check_alive(proc: subprocess.Popen[bytes], name: str, log: Path) -> None:
     """Raise DemoError if ``proc`` has exited."""
     if proc.poll() is not None:
         raise DemoError(f"{name} exited with code {proc.returncode}; see {log}")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without ACKWORKER_* and ALIBABA_CLOUD_*, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACKWORKER_", "ALIBABA_"))}
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago; never 6379."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port != 6379:
-            return port
 
 
 # --- redis-server and the stand-in -------------------------------------------------------
