@@ -91,6 +91,20 @@ class ScriptedApi:
         return self._behave(ids, len(self.calls))
 
 
+class GatedApi:
+    """A fake at the seam that holds every request until ``release`` is set (never, for an
+    API that hangs); records what was sent."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.release = anyio.Event()
+
+    async def acknowledge(self, ids: Sequence[str]) -> AckResult:
+        self.calls.append(list(ids))
+        await self.release.wait()
+        return AckResult(len(set(ids)), f"req-{len(self.calls)}")
+
+
 @asynccontextmanager
 async def running_worker(
     settings: Settings,

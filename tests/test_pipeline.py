@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from tests.conftest import RedisServer
 from tests.harness import (
+    GatedApi,
     ScriptedApi,
     backlog,
     drained,
@@ -26,18 +27,6 @@ from worker.producer import InvalidIdError, enqueue
 pytestmark = pytest.mark.anyio
 
 IDS = [f"{i:032x}" for i in range(1, 41)]
-
-
-class StuckApi:
-    """An API whose every request hangs until the worker cancels it."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-
-    async def acknowledge(self, ids: Sequence[str]) -> AckResult:
-        self.calls.append(list(ids))
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
 
 
 POISON: list[dict[bytes, bytes]] = [
@@ -157,7 +146,7 @@ async def test_hard_stop_hands_back_unsent_and_keeps_sent_pending(
 ) -> None:
     keys = Keys(prefix)
     await enqueue(redis, keys, IDS[:30])
-    api = StuckApi()
+    api = GatedApi()
     calls = api.calls
 
     settings = make_settings(
@@ -192,7 +181,7 @@ async def test_prefetch_is_bounded_by_concurrency_and_batch_size(
     keys = Keys(prefix)
     many = [f"{i:032x}" for i in range(500)]
     await enqueue(redis, keys, many)
-    api = StuckApi()
+    api = GatedApi()
     calls = api.calls
 
     settings = make_settings(

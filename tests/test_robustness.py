@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import anyio
 import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import RedisServer
 from tests.harness import (
+    GatedApi,
     ScriptedApi,
     drained,
     make_settings,
@@ -18,7 +17,6 @@ from tests.harness import (
     wait_for,
     with_consumer,
 )
-from worker.client import AckResult
 from worker.entries import Entry, Holdings
 from worker.keeper import Keeper
 from worker.keys import Keys
@@ -27,19 +25,6 @@ from worker.producer import enqueue
 pytestmark = pytest.mark.anyio
 
 IDS = [f"{i:032x}" for i in range(1, 31)]
-
-
-class GatedApi:
-    """Holds every request until ``release`` is set; records what was sent."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-        self.release = anyio.Event()
-
-    async def acknowledge(self, ids: Sequence[str]) -> AckResult:
-        self.calls.append(list(ids))
-        await self.release.wait()
-        return AckResult(len(set(ids)), f"req-{len(self.calls)}")
 
 
 async def test_entries_held_past_claim_idle_are_not_claimed_by_another_replica(
