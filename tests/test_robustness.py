@@ -76,7 +76,11 @@ async def test_keeper_refreshes_held_entries_without_counting_a_delivery(
     assert {p["times_delivered"] for p in pending} == {1}
     assert all(p["time_since_delivered"] < 1000 for p in pending)
     assert lease is not None
-    assert lease.decode().startswith(f"{settings.consumer}|")
+    owner, _, deadline_ms = lease.decode().rpartition("|")
+    assert owner.startswith(f"{settings.consumer}|")
+    seconds, micros = await redis.time()
+    # The lease (claim_idle_ms = 1 s) was extended while the request was held for 3 s.
+    assert int(deadline_ms) > seconds * 1000 + micros // 1000
 
 
 async def test_a_batch_of_thousands_of_duplicates_settles(
@@ -118,13 +122,21 @@ async def test_keeper_touches_only_entries_still_ours(redis: Redis, prefix: str)
     await enqueue(redis, keys, IDS[:4])
     rows = await redis.xreadgroup(keys.group, "me", {keys.tasks: ">"}, count=3)
     await redis.xreadgroup(keys.group, "peer", {keys.tasks: ">"}, count=1)
-    mine = [Entry(eid, fields[b"id"].decode()) for eid, fields in rows[0][1]]
+    mine = [Entry(eid, fields[b"id"].decode(), lease="b1") for eid, fields in rows[0][1]]
+    mine[1].lease = "b0"  # covered by another batch than the lease in Redis
     everything = await redis.xpending_range(keys.tasks, keys.group, "-", "+", 10)
     peer_entry = Entry(everything[-1]["message_id"], IDS[3])
     holdings = Holdings()
     keeper = Keeper(redis, keys, "me", holdings, claim_idle_ms=1000)
+    old = {IDS[0]: "me|b1|1", IDS[1]: "me|b1|1", IDS[2]: "other|b1|1"}
+    await redis.hset(keys.inflight, mapping=old)  # type: ignore[misc]
     kept = await keeper.touch([*mine, peer_entry])
     after = await redis.xpending_range(keys.tasks, keys.group, "-", "+", 10)
+    leases = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.inflight)).items()}  # type: ignore[misc]
+    assert leases[IDS[0]].startswith("me|b1|")
+    assert leases[IDS[0]] != "me|b1|1"  # extended
+    assert leases[IDS[1]] == "me|b1|1"  # its entry is covered by b0: left to expire
+    assert leases[IDS[2]] == "other|b1|1"  # another consumer's
     assert kept == 3
     assert [p["consumer"] for p in after] == [b"me", b"me", b"me", b"peer"]
     assert [p["times_delivered"] for p in after] == [1, 1, 1, 1]

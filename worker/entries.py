@@ -40,6 +40,9 @@ class Entry:
     # Set once a request carrying this entry's number may have reached the API; such an
     # entry is never handed back on shutdown, because its outcome is unknown.
     sent: bool = False
+    # The batch whose in-flight lease covers this entry's number, once reserved: the keeper
+    # extends only leases some held entry is covered by.
+    lease: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

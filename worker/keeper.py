@@ -39,12 +39,18 @@ for i = 1, #mine, 500 do
   args[#args + 1] = 'JUSTID'
   redis.call('XCLAIM', unpack(args))
 end
-local prefix = consumer .. '|'
-local lease = prefix .. (now_ms + lease_ms)
+local deadline = '|' .. (now_ms + lease_ms)
+local batches = {}
+for batch in string.gmatch(ARGV[6], '[^\\n]+') do batches[#batches + 1] = batch end
+local i = 0
 for number in string.gmatch(ARGV[5], '[^\\n]+') do
+  i = i + 1
+  -- Only the lease of a batch this worker still holds: a lease left by a batch it gave up
+  -- on must expire, or entries claimed back would wait for it forever.
+  local owner = consumer .. '|' .. batches[i]
   local held = redis.call('HGET', KEYS[2], number)
-  if held and string.sub(held, 1, #prefix) == prefix then
-    redis.call('HSET', KEYS[2], number, lease)
+  if held and string.match(held, '^(.*)|%d+$') == owner then
+    redis.call('HSET', KEYS[2], number, owner .. deadline)
   end
 end
 return #mine
@@ -92,14 +98,15 @@ class Keeper:
 
     async def touch(self, entries: Sequence[Entry]) -> int:
         """Reset the idle time of ``entries`` still pending on this consumer and extend the
-        leases it holds for their numbers; returns how many entries were still ours."""
-        numbers = dict.fromkeys(e.number for e in entries)
+        leases their batches hold; returns how many entries were still ours."""
+        leases = {e.number: e.lease for e in entries if e.lease is not None}
         args: list[str | bytes | int] = [
             self._keys.group,
             self._consumer,
             self._claim_idle_ms,
             b"\n".join(e.entry_id for e in entries),
-            join_numbers(numbers),
+            join_numbers(leases),
+            join_numbers(leases.values()),
         ]
         kept = await self._script(keys=[self._keys.tasks, self._keys.inflight], args=args)
         return int(kept)

@@ -118,7 +118,10 @@ class Processor:
             # Another request carries these numbers right now; decide once it has settled.
             self._defer(batch, by_status[Reservation.BUSY], report)
         if by_status[Reservation.GO]:
-            await self._deliver(batch.subset(by_status[Reservation.GO]), report)
+            go = batch.subset(by_status[Reservation.GO])
+            for entry in go.entries():
+                entry.lease = batch.batch_id
+            await self._deliver(go, report)
         if report.size:
             d.totals.batches += 1
             log.info("batch.settled", **report.fields(d.clock.monotonic()))
