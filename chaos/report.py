@@ -14,7 +14,7 @@ from typing import Literal
 
 import psutil
 
-from chaos.defects import DEFECTS, defect_for
+from chaos.defects import DEFECTS, FIXED_DEFECTS, defect_for
 
 Mode = Literal["full", "reduced"]
 
@@ -119,6 +119,8 @@ def render(outcomes: Sequence[Outcome], mode: Mode, total_s: float) -> str:
             f"| {_cell(o.figure)} | {_cell(result)} | {o.elapsed_s:.0f} s |"
         )
     lines += ["", "## Defects the suite found", ""]
+    if not DEFECTS:
+        lines += [FIXED_DEFECTS, ""]
     for d in DEFECTS:
         lines += [
             f"**{d.title}** (scenarios {', '.join(d.scenarios)})",
