@@ -131,7 +131,7 @@ class Processor:
         logs its own ``batch.settled``; all of a batch busy stays that batch."""
         busy = batch.subset(numbers)
         if busy is not batch:
-            busy.batch_id = f"{batch.batch_id.split('.r')[0]}.r{batch.rechecks + 1}"
+            busy.batch_id = f"{batch.batch_id}.r{batch.rechecks + 1}"
         busy.rechecks = batch.rechecks + 1
         report.size -= busy.size
         self._d.spawn(busy)
