@@ -15,19 +15,17 @@ what is allowed.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
-import math
 import os
 import re
 import socket
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal
-from urllib.parse import SplitResult, urlsplit
 
+from worker import setting_kinds as k
 from worker.credentials import CredentialSource, credential_source_from_env
 from worker.errors import ConfigError
 
@@ -101,183 +99,51 @@ class Settings:
 # --- Specs: one row per setting ----------------------------------------------------------
 
 
-class _Invalid(Exception):
-    """A value failed a check; ``args[0]`` completes ``<where>=<value> ...``."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    name: str
-    kind: type[Any]  # str, int or float: the TOML type required and how env text is parsed
-    allowed: str  # completes "...: " in error messages
-    doc: str
-    check: Callable[[Any], Any]  # validates a typed value and returns it normalized
-    optional: bool = False  # an empty value means unset (None)
-    url: bool = False  # mask a password before showing the value
-
-
-def _int(name: str, lo: int, hi: int, doc: str) -> _Spec:
-    def check(value: int) -> int:
-        if not lo <= value <= hi:
-            raise _Invalid("is out of range")
-        return value
-
-    return _Spec(name, int, f"must be an integer from {lo} to {hi}", doc, check)
-
-
-def _float(name: str, lo: float, hi: float, doc: str, *, lo_open: bool = False) -> _Spec:
-    def check(value: float) -> float:
-        if not math.isfinite(value):
-            raise _Invalid("is not a finite number")
-        if value < lo or value > hi or (lo_open and value == lo):
-            raise _Invalid("is out of range")
-        return float(value)
-
-    span = f"greater than {lo:g} and at most {hi:g}" if lo_open else f"from {lo:g} to {hi:g}"
-    return _Spec(name, float, f"must be a number {span}", doc, check)
-
-
-def _choice(name: str, options: tuple[str, ...], doc: str, *, fold_case: bool = False) -> _Spec:
-    def check(value: str) -> str:
-        key = value.lower() if fold_case else value
-        if key not in options:
-            raise _Invalid("is not allowed")
-        return key
-
-    return _Spec(name, str, f"must be one of {', '.join(options)}", doc, check)
-
-
-def _check_redis_url(url: str) -> str:
-    parts = _split_url(url, ("redis", "rediss", "unix"))
-    if parts.scheme == "unix" and not parts.path:
-        raise _Invalid("has no socket path")
-    if parts.scheme != "unix" and not re.fullmatch(r"/?[0-9]*", parts.path):
-        raise _Invalid("has a database number that is not an integer")
-    return url
-
-
-def _check_endpoint(url: str) -> str:
-    parts = _split_url(url, ("http", "https"))
-    if "?" in url or "#" in url or "@" in parts.netloc:
-        raise _Invalid("has a query, fragment, user or password")
-    return url.rstrip("/")
-
-
-def _split_url(url: str, schemes: tuple[str, ...]) -> SplitResult:
-    # urlsplit silently drops tabs and newlines, so refuse them before it can.
-    if not url.isprintable() or any(c.isspace() for c in url):
-        raise _Invalid("contains whitespace or control characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError unless a number from 0 to 65535
-    except ValueError:
-        raise _Invalid("is not a valid URL") from None
-    if parts.scheme not in schemes:
-        raise _Invalid("has an unsupported scheme")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise _Invalid("has no host")
-    if port == 0:
-        raise _Invalid("has port 0")
-    return parts
-
-
-def _check_key_prefix(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_.:{}-]{1,64}", value):
-        raise _Invalid("is not valid")
-    return value
-
-
-def _check_consumer(value: str) -> str:
-    if not 1 <= len(value) <= 128 or not value.isprintable() or any(c.isspace() for c in value):
-        raise _Invalid("is not valid")
-    if "|" in value:
-        # In-flight leases read "<consumer>|<batch>|<deadline>"; a '|' would blur the owner.
-        raise _Invalid("contains '|'")
-    return value
-
-
-def _check_path(value: str) -> str:
-    if not value or "\x00" in value:
-        raise _Invalid("is not a path")
-    return value
-
-
-def _check_sentinels(value: str) -> str:
-    for pair in value.split(","):
-        host, _, port = pair.strip().rpartition(":")
-        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise _Invalid("is not a list of host:port")
-    return value
-
-
-def _check_host(value: str) -> str:
-    if not value or not value.isprintable() or any(c.isspace() for c in value):
-        raise _Invalid("is not a host")
-    return value
-
-
-def _check_port(value: int) -> int:
-    if not 1 <= value <= 65535:
-        raise _Invalid("is out of range")
-    return value
-
-
-def _bool(name: str, doc: str) -> _Spec:
-    return _Spec(name, bool, "must be true or false", doc, lambda value: value)
-
-
-def _check_ip(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise _Invalid("is not an IP address") from None
-
-
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 # One setting per row reads as the table it is, so the formatter leaves it alone.
 # fmt: off
-_SPECS: tuple[_Spec, ...] = (
-    _Spec("redis_url", str, "must be a redis://, rediss:// or unix:// URL",
+_SPECS: tuple[k.Spec, ...] = (
+    k.Spec("redis_url", str, "must be a redis://, rediss:// or unix:// URL",
           "Redis URL: redis://, rediss:// (TLS) or unix://; may hold a password.",
-          _check_redis_url, url=True),
-    _Spec("key_prefix", str, "must be 1 to 64 characters of A-Z a-z 0-9 _ . : - { }",
+          k.check_redis_url, url=True),
+    k.Spec("key_prefix", str, "must be 1 to 64 characters of A-Z a-z 0-9 _ . : - { }",
           "Prefix of every Redis key; {braces} keep all keys in one cluster slot.",
-          _check_key_prefix),
-    _Spec("consumer", str, "must be 1 to 128 printable characters, no whitespace or '|'",
-          "Consumer name in the stream's group; unique and stable per worker.", _check_consumer),
-    _Spec("endpoint", str, "must be an http(s):// URL with a host, no query, fragment or user",
-          "Domain API endpoint; a trailing slash is removed.", _check_endpoint, url=True),
-    _choice("signature", ("v3", "v1"), "Signing: v3 (ACS3-HMAC-SHA256) or v1 (HMAC-SHA1)."),
-    _choice("lang", ("en", "zh"), "Language of the API's error messages."),
-    _Spec("user_client_ip", str, "must be an IPv4 or IPv6 address",
-          "UserClientIp sent with each request; unset sends none.", _check_ip, optional=True),
-    _int("batch_size", 1, 1000, "Most task-detail numbers acknowledged in one request."),
-    _int("linger_ms", 0, 60000, "Milliseconds to wait for a batch to fill before sending it."),
-    _int("concurrency", 1, 256, "Most API requests in flight at once."),
-    _float("rate_limit", 0, 100000, "API requests per second, at most.", lo_open=True),
-    _int("max_attempts", 1, 100, "Attempts per batch before its ids are dead-lettered."),
-    _int("claim_idle_ms", 1000, 86400000, "Milliseconds idle before a stuck entry is claimed."),
-    _int("dedupe_ttl_s", 0, 2592000, "Seconds acknowledged ids are remembered; 0 disables."),
-    _float("shutdown_grace_s", 0, 3600, "Seconds to finish in-flight work on shutdown."),
-    _float("http_timeout_s", 0, 300, "Seconds per API request; connect: min(5, this).",
+          k.check_key_prefix),
+    k.Spec("consumer", str, "must be 1 to 128 printable characters, no whitespace or '|'",
+          "Consumer name in the stream's group; unique and stable per worker.", k.check_consumer),
+    k.Spec("endpoint", str, "must be an http(s):// URL with a host, no query, fragment or user",
+          "Domain API endpoint; a trailing slash is removed.", k.check_endpoint, url=True),
+    k.choice("signature", ("v3", "v1"), "Signing: v3 (ACS3-HMAC-SHA256) or v1 (HMAC-SHA1)."),
+    k.choice("lang", ("en", "zh"), "Language of the API's error messages."),
+    k.Spec("user_client_ip", str, "must be an IPv4 or IPv6 address",
+          "UserClientIp sent with each request; unset sends none.", k.check_ip, optional=True),
+    k.integer("batch_size", 1, 1000, "Most task-detail numbers acknowledged in one request."),
+    k.integer("linger_ms", 0, 60000, "Milliseconds to wait for a batch to fill before sending it."),
+    k.integer("concurrency", 1, 256, "Most API requests in flight at once."),
+    k.number("rate_limit", 0, 100000, "API requests per second, at most.", lo_open=True),
+    k.integer("max_attempts", 1, 100, "Attempts per batch before its ids are dead-lettered."),
+    k.integer("claim_idle_ms", 1000, 86400000, "Milliseconds idle before an entry is claimed."),
+    k.integer("dedupe_ttl_s", 0, 2592000, "Seconds acknowledged ids are remembered; 0 disables."),
+    k.number("shutdown_grace_s", 0, 3600, "Seconds to finish in-flight work on shutdown."),
+    k.number("http_timeout_s", 0, 300, "Seconds per API request; connect: min(5, this).",
            lo_open=True),
-    _choice("log_format", ("json", "console"), "Log lines as JSON, or coloured for people."),
-    _choice("log_level", _LEVELS, "Lowest level logged (any case).", fold_case=True),
-    _Spec("redis_ca_file", str, "must be a path to a PEM file",
+    k.choice("log_format", ("json", "console"), "Log lines as JSON, or coloured for people."),
+    k.choice("log_level", _LEVELS, "Lowest level logged (any case).", fold_case=True),
+    k.Spec("redis_ca_file", str, "must be a path to a PEM file",
           "CA bundle that verifies a rediss:// server; unset uses the system CAs.",
-          _check_path, optional=True),
-    _Spec("redis_sentinels", str, "must be host:port pairs separated by commas",
+          k.check_path, optional=True),
+    k.Spec("redis_sentinels", str, "must be host:port pairs separated by commas",
           "Sentinel addresses (host:port,host:port); set to find Redis through Sentinel.",
-          _check_sentinels, optional=True),
-    _Spec("redis_sentinel_master", str, "must be 1 to 128 characters with no whitespace",
-          "Name of the primary the Sentinels watch.", _check_consumer),
-    _bool("redis_cluster", "Talk to a Redis Cluster; the key prefix becomes a {hash tag}."),
-    _Spec("http_host", str, "must be a host name or IP address without spaces",
-          "Address the health and metrics endpoint binds to.", _check_host),
-    _Spec("http_port", int, "must be an integer from 1 to 65535",
+          k.check_sentinels, optional=True),
+    k.Spec("redis_sentinel_master", str, "must be 1 to 128 characters with no whitespace",
+          "Name of the primary the Sentinels watch.", k.check_consumer),
+    k.flag("redis_cluster", "Talk to a Redis Cluster; the key prefix becomes a {hash tag}."),
+    k.Spec("http_host", str, "must be a host name or IP address without spaces",
+          "Address the health and metrics endpoint binds to.", k.check_host),
+    k.Spec("http_port", int, "must be an integer from 1 to 65535",
           "Port of /healthz, /readyz and /metrics; unset keeps the endpoint off.",
-          _check_port, optional=True),
-    _float("stats_interval_s", 1, 86400, "Seconds between worker.stats log events."),
+          k.check_port, optional=True),
+    k.number("stats_interval_s", 1, 86400, "Seconds between worker.stats log events."),
 )
 # fmt: on
 _SPEC_BY_NAME = {spec.name: spec for spec in _SPECS}
@@ -364,55 +230,15 @@ def _suggest(key: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _parse(spec: _Spec, raw: object, where: str, *, from_env: bool) -> Any:
+def _parse(spec: k.Spec, raw: object, where: str, *, from_env: bool) -> Any:
     if spec.optional and raw == "":
         return None
     try:
-        typed = _from_text(spec.kind, raw) if from_env else _from_toml(spec.kind, raw)
+        typed = k.from_text(spec.kind, raw) if from_env else k.from_toml(spec.kind, raw)
         return spec.check(typed)
-    except _Invalid as exc:
+    except k.Invalid as exc:
         shown = _show(_masked(spec.name, raw))
         raise ConfigError(f"{where}={shown} {exc.args[0]}: {spec.allowed}") from None
-
-
-_INT_TEXT = re.compile(r"[+-]?[0-9]+")
-_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
-_TYPE_PROBLEM = {
-    int: "is not an integer",
-    float: "is not a number",
-    str: "is not a string",
-    bool: "is not true or false",
-}
-_BOOL_TEXT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def _from_text(kind: type[Any], text: Any) -> Any:
-    """Environment text to the setting's type; stricter than int()/float() (no "1e3" ints,
-    no "nan", no "1_000", no surrounding spaces)."""
-    if kind is int and _INT_TEXT.fullmatch(text):
-        try:
-            return int(text)
-        except ValueError:  # more digits than Python converts
-            raise _Invalid("is out of range") from None
-    if kind is float and _FLOAT_TEXT.fullmatch(text):
-        return float(text)
-    if kind is bool and text.lower() in _BOOL_TEXT:
-        return _BOOL_TEXT[text.lower()]
-    if kind is str:
-        return text
-    raise _Invalid(_TYPE_PROBLEM[kind])
-
-
-def _from_toml(kind: type[Any], value: object) -> Any:
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise _Invalid(_TYPE_PROBLEM[bool])
-        return value
-    accepted = (int, float) if kind is float else kind
-    # bool is a subclass of int, but `true` is not a count.
-    if isinstance(value, bool) or not isinstance(value, accepted):
-        raise _Invalid(_TYPE_PROBLEM[kind])
-    return value
 
 
 def _show(value: object) -> str:
