@@ -162,6 +162,19 @@ def _secrets(
     return http, {**texts, **_exit2_texts(outcome, server.port)}, signatures
 
 
+def _ackworker(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m worker <command>`` to completion (bounded), output captured."""
+    return subprocess.run(
+        [PYTHON, "-m", "worker", command],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def _exit2_texts(outcome: Outcome, port: int) -> dict[str, str]:
     texts: dict[str, str] = {}
     cases = {
@@ -171,15 +184,7 @@ def _exit2_texts(outcome: Outcome, port: int) -> dict[str, str]:
     for label, url in cases.items():
         env = worker_env(url, "secx", "http://127.0.0.1:1", "x")
         env["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = SECRET
-        done = subprocess.run(
-            [PYTHON, "-m", "worker", "run"],
-            env=env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = _ackworker("run", env)
         lines = done.stderr.strip().splitlines()
         outcome.expect(done.returncode == 2, f"{label}: exit {done.returncode}, not 2")
         outcome.expect(
@@ -191,15 +196,7 @@ def _exit2_texts(outcome: Outcome, port: int) -> dict[str, str]:
             outcome.note(f"Redis {label}: exit {done.returncode}: {lines[-1][:200]}")
     env = worker_env(cases["wrong password"], "secx", "http://127.0.0.1:1", "x")
     env.update(ALIBABA_CLOUD_ACCESS_KEY_SECRET=SECRET, ALIBABA_CLOUD_SECURITY_TOKEN=TOKEN)
-    done = subprocess.run(
-        [PYTHON, "-m", "worker", "check-config"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _ackworker("check-config", env)
     texts["check-config"] = done.stdout + done.stderr
     return texts
 

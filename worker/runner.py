@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -219,14 +219,17 @@ class Worker:
     async def _sender(self, batches: ObjectReceiveStream[Batch]) -> None:
         async with batches:
             async for batch in batches:
-                await self._process(batch)
+                await self._guarded(self._processor.process, batch)
 
-    async def _process(self, batch: Batch) -> None:
+    async def _guarded(self, work: Callable[[Batch], Awaitable[None]], batch: Batch) -> None:
+        """Run ``work`` on ``batch``; a Redis failure abandons the batch, never the worker.
+
+        Its entries stay pending in this consumer's PEL; after claim_idle_ms another
+        consumer (or this one) claims them again.
+        """
         try:
-            await self._processor.process(batch)
+            await work(batch)
         except REDIS_ERRORS as exc:
-            # The entries stay pending in this consumer's PEL; after claim_idle_ms another
-            # consumer (or this one) claims them again.
             self.holdings.discard(batch.entries())
             log.error(
                 "batch.abandoned",
@@ -237,14 +240,7 @@ class Worker:
 
     def _spawn_recheck(self, batch: Batch) -> None:
         if self._pipeline_tg is not None:
-            self._pipeline_tg.start_soon(self._recheck, batch)
-
-    async def _recheck(self, batch: Batch) -> None:
-        try:
-            await self._processor.recheck_busy(batch)
-        except REDIS_ERRORS as exc:
-            self.holdings.discard(batch.entries())
-            log.error("batch.abandoned", batch_id=batch.batch_id, error=str(exc)[:300])
+            self._pipeline_tg.start_soon(self._guarded, self._processor.recheck_busy, batch)
 
     async def _grace_timer(self) -> None:
         await anyio.sleep(self._s.shutdown_grace_s)
