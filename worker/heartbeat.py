@@ -53,7 +53,7 @@ redis.call('HSET', KEYS[1], 'started_at_ms', started, 'updated_at_ms', string.fo
   'ttl_ms', ARGV[1], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], string.format('%.0f', now + ttl), ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('(%.0f', now))
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]))
 return string.format('%.0f', now)
 """
@@ -198,8 +198,10 @@ def _beat_from(fields: Mapping[str, str], now_ms: int) -> Beat:
 async def read_beats(redis: RedisClient, keys: Keys) -> list[Beat]:
     """Every fresh heartbeat under the prefix (at most :data:`MAX_LISTED`), by consumer."""
     now_ms = await redis_now_ms(redis, keys.workers)
+    # Inclusive, like Redis's own expiry: a hash is gone only once now is past its deadline,
+    # so a beat listed here still exists and one left out has expired.
     members: Any = await redis.zrangebyscore(
-        keys.workers, f"({now_ms}", "+inf", start=0, num=MAX_LISTED
+        keys.workers, now_ms, "+inf", start=0, num=MAX_LISTED
     )
     async with redis.pipeline(transaction=False) as pipe:
         for member in members:
