@@ -156,6 +156,15 @@ GOOD = [
     ("http_port", "9108", 9108),
     ("http_port", "", None),
     ("stats_interval_s", "5", 5.0),
+    ("poll_interval_s", "0.5", 0.5),
+    ("poll_page_size", "1000", 1000),
+    ("poll_max_pages", "3", 3),
+    ("poll_task_result_status", "3", 3),
+    ("poll_task_result_status", "", None),
+    ("poll_task_no", "T-1_a", "T-1_a"),
+    ("poll_domain_name", "example.com", "example.com"),
+    ("verify_shortfall", "no", False),
+    ("verify_max_pages", "20", 20),
 ]
 
 
@@ -242,6 +251,14 @@ BAD = [
     ("http_port", "0"),
     ("http_port", "65536"),
     ("stats_interval_s", "0.5"),
+    ("poll_interval_s", "0"),
+    ("poll_page_size", "1001"),
+    ("poll_max_pages", "0"),
+    ("poll_task_result_status", "1"),
+    ("poll_task_no", "has space"),
+    ("poll_domain_name", "a b.com"),
+    ("verify_shortfall", "maybe"),
+    ("verify_max_pages", "0"),
 ]
 
 
@@ -364,6 +381,7 @@ def test_shipped_config_loads_as_the_defaults() -> None:
     in_file = tomllib.loads(SHIPPED.read_text(encoding="utf-8"))
     # Settings without a default value are shown commented out.
     unset = {"consumer", "user_client_ip", "redis_ca_file", "redis_sentinels", "http_port"}
+    unset |= {"poll_task_result_status", "poll_task_no", "poll_domain_name"}
     assert set(in_file) == set(NAMES) - unset
     assert {from_file.sources[name] for name in in_file} == {f"file:{SHIPPED}"}
 
@@ -380,7 +398,7 @@ def test_shipped_config_mentions_every_setting() -> None:
 def test_tables_cover_every_field_in_order() -> None:
     field_names = [f.name for f in fields(Settings)]
     assert field_names[: len(NAMES)] == NAMES
-    assert field_names[len(NAMES) :] == ["credentials", "sources"]
+    assert field_names[len(NAMES) :] == ["credentials", "accounts", "sources"]
     assert dict(ENV_NAMES) == {name: ENV_PREFIX + name.upper() for name in NAMES}
 
 

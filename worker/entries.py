@@ -1,8 +1,8 @@
 """Stream entries: parsing the input contract, and what a batch carries.
 
-An entry of ``<prefix>:tasks`` has field ``id`` (the TaskDetailNo) and may have ``task_no``
-and ``domain``; other fields are ignored. Fields arrive as raw bytes and are never decoded
-blindly, so an entry of binary garbage is reported, not raised.
+An entry of ``<prefix>:tasks`` has field ``id`` (the TaskDetailNo) and may have ``task_no``,
+``domain`` and ``account`` (default ``default``); other fields are ignored. Fields arrive as
+raw bytes and are never decoded blindly, so an entry of binary garbage is reported, not raised.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Entry:
     task_no: str | None = None
     domain: str | None = None
     delivered: int = 1
+    account: str = "default"
     # Set once a request carrying this entry's number may have reached the API; such an
     # entry is never handed back on shutdown, because its outcome is unknown.
     sent: bool = False
@@ -91,7 +92,7 @@ def parse_row(entry_id: bytes, flat: list[bytes], delivered: int = 1) -> Entry |
     This is the per-entry hot path, so it scans the flat reply instead of building a dict.
     When a field repeats, the last value wins, as it would in a dict.
     """
-    value = task_no = domain = None
+    value = task_no = domain = account = None
     for i in range(0, len(flat) - 1, 2):
         key = flat[i]
         if key == b"id":
@@ -100,8 +101,14 @@ def parse_row(entry_id: bytes, flat: list[bytes], delivered: int = 1) -> Entry |
             task_no = flat[i + 1]
         elif key == b"domain":
             domain = flat[i + 1]
+        elif key == b"account":
+            account = flat[i + 1]
     if value is not None and _VALID_ID(value):
-        return Entry(entry_id, value.decode("ascii"), _meta(task_no), _meta(domain), delivered)
+        entry = Entry(entry_id, value.decode("ascii"), _meta(task_no), _meta(domain), delivered)
+        if account:
+            # Checked against the configured accounts later (reason ``unknown_account``).
+            entry.account = account[:_META_MAX].decode("utf-8", "replace")
+        return entry
     fields = dict(zip(flat[::2], flat[1::2], strict=False))
     return InvalidEntry(entry_id, _describe_bad_id(value), raw_excerpt(fields))
 
@@ -115,6 +122,9 @@ def _next_batch_id(consumer: str) -> str:
     return f"{consumer}-{_batch_counter}"
 
 
+DEFAULT_ACCOUNT = "default"
+
+
 @dataclass(slots=True)
 class Batch:
     """Entries grouped for one request: each unique number is sent once.
@@ -125,15 +135,17 @@ class Batch:
 
     batch_id: str
     groups: dict[str, list[Entry]] = field(default_factory=dict)
+    # Every entry of a batch belongs to this account: batches never mix accounts.
+    account: str = DEFAULT_ACCOUNT
     # How often these numbers were found busy (leased by another request) and put back.
     rechecks: int = 0
     _digests: bytes | None = field(default=None, repr=False)
     _entries: list[Entry] | None = field(default=None, repr=False)
 
     @classmethod
-    def new(cls, consumer: str) -> Batch:
-        """An empty batch with a process-unique id."""
-        return cls(_next_batch_id(consumer))
+    def new(cls, consumer: str, account: str = DEFAULT_ACCOUNT) -> Batch:
+        """An empty batch of ``account`` with a process-unique id."""
+        return cls(_next_batch_id(consumer), account=account)
 
     @property
     def numbers(self) -> list[str]:
@@ -164,7 +176,7 @@ class Batch:
         """A batch of just ``numbers`` (for splits and resends); itself when that is all."""
         if len(numbers) == len(self.groups):
             return self
-        return Batch(self.batch_id, {n: self.groups[n] for n in numbers})
+        return Batch(self.batch_id, {n: self.groups[n] for n in numbers}, self.account)
 
     def digests(self) -> bytes:
         """The dedupe digests of :attr:`numbers`, computed once per batch."""

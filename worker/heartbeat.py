@@ -200,9 +200,7 @@ async def read_beats(redis: RedisClient, keys: Keys) -> list[Beat]:
     now_ms = await redis_now_ms(redis, keys.workers)
     # Inclusive, like Redis's own expiry: a hash is gone only once now is past its deadline,
     # so a beat listed here still exists and one left out has expired.
-    members: Any = await redis.zrangebyscore(
-        keys.workers, now_ms, "+inf", start=0, num=MAX_LISTED
-    )
+    members: Any = await redis.zrangebyscore(keys.workers, now_ms, "+inf", start=0, num=MAX_LISTED)
     async with redis.pipeline(transaction=False) as pipe:
         for member in members:
             pipe.hgetall(keys.heartbeat(member.decode()))

@@ -47,6 +47,11 @@ class Keys:
         """Hash holding the fleet's shared rate-limit state (GCRA and adaptive rate)."""
         return f"{self.prefix}:limiter"
 
+    def limiter_for(self, account: str) -> str:
+        """The limiter hash of ``account``: :attr:`limiter` for ``default``, else
+        ``<prefix>:limiter:<account>``, so each account has its own rate and fleet pause."""
+        return self.limiter if account == "default" else f"{self.limiter}:{account}"
+
     @property
     def inflight(self) -> str:
         """Hash of numbers being sent right now: number -> ``consumer|lease deadline ms``."""

@@ -57,6 +57,7 @@ class BatchReport:
     batch_id: str
     size: int
     started: float
+    account: str = "default"
     confirmed: int = 0
     duplicates: int = 0
     dead: int = 0
@@ -68,6 +69,7 @@ class BatchReport:
         """The event's fields; ``latency_ms`` from reservation to the last settle."""
         return {
             "batch_id": self.batch_id,
+            "account": self.account,
             "size": self.size,
             "confirmed": self.confirmed,
             "duplicates": self.duplicates,
@@ -107,7 +109,7 @@ class Processor:
     async def process(self, batch: Batch) -> None:
         """Reserve, send and settle ``batch``; log one ``batch.settled``."""
         d = self._d
-        report = BatchReport(batch.batch_id, batch.size, d.clock.monotonic())
+        report = BatchReport(batch.batch_id, batch.size, d.clock.monotonic(), batch.account)
         statuses = await d.dedupe.reserve(batch.numbers, batch.digests(), batch.batch_id)
         by_status: dict[Reservation, list[str]] = {r: [] for r in Reservation}
         for number, status in zip(batch.numbers, statuses, strict=True):

@@ -32,6 +32,7 @@ async def enqueue(
     *,
     task_no: str | None = None,
     domain: str | None = None,
+    account: str | None = None,
 ) -> int:
     """Append ``ids`` to ``<prefix>:tasks``; returns how many entries were added.
 
@@ -49,6 +50,8 @@ async def enqueue(
         extra["task_no"] = task_no
     if domain:
         extra["domain"] = domain
+    if account and account != "default":
+        extra["account"] = account
     await ensure_group(redis, keys)
     for start in range(0, len(numbers), CHUNK):
         async with redis.pipeline(transaction=False) as pipe:

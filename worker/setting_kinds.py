@@ -154,6 +154,27 @@ def flag(name: str, doc: str) -> Spec:
     return Spec(name, bool, "must be true or false", doc, lambda value: value)
 
 
+def check_task_result_status(value: int) -> int:
+    """``TaskResultStatus``: 2 (succeeded) or 3 (failed)."""
+    if value not in (2, 3):
+        raise Invalid("is not allowed")
+    return value
+
+
+def check_api_token(value: str) -> str:
+    """An API identifier such as a ``TaskNo``: 1 to 64 letters, digits, ``-`` and ``_``."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise Invalid("is not allowed")
+    return value
+
+
+def check_domain_name(value: str) -> str:
+    """A domain name as the API takes it: printable, no whitespace, at most 253 characters."""
+    if not 0 < len(value) <= 253 or not value.isprintable() or any(c.isspace() for c in value):
+        raise Invalid("is not allowed")
+    return value
+
+
 def check_ip(value: str) -> str:
     """An IPv4 or IPv6 address, normalized."""
     try:

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from worker import setting_kinds as k
+from worker.accounts import DEFAULT_ACCOUNT, Account, parse_accounts
 from worker.credentials import CredentialSource, credential_source_from_env
 from worker.errors import ConfigError
 
@@ -78,10 +79,33 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int | None = None
     stats_interval_s: float = 30.0
+    poll_interval_s: float = 30.0
+    poll_page_size: int = 1000
+    poll_max_pages: int = 100
+    poll_task_result_status: int | None = None
+    poll_task_no: str | None = None
+    poll_domain_name: str | None = None
+    verify_shortfall: bool = True
+    verify_max_pages: int = 5
     credentials: CredentialSource
+    # Named accounts besides the default one (the top-level settings); see worker.accounts.
+    accounts: Mapping[str, Account] = field(default_factory=dict, compare=False, hash=False)
     sources: Mapping[str, str] = field(
         default_factory=_no_sources, compare=False, hash=False, repr=False
     )
+
+    @property
+    def account_names(self) -> tuple[str, ...]:
+        """``default`` first, then the named accounts."""
+        return (DEFAULT_ACCOUNT, *self.accounts)
+
+    def account(self, name: str = DEFAULT_ACCOUNT) -> Account | None:
+        """The account called ``name``; ``None`` when no such account is configured."""
+        if name == DEFAULT_ACCOUNT:
+            return Account(
+                DEFAULT_ACCOUNT, self.endpoint, self.rate_limit, self.signature, self.credentials
+            )
+        return self.accounts.get(name)
 
     @property
     def connect_timeout_s(self) -> float:
@@ -144,6 +168,20 @@ _SPECS: tuple[k.Spec, ...] = (
           "Port of /healthz, /readyz and /metrics; unset keeps the endpoint off.",
           k.check_port, optional=True),
     k.number("stats_interval_s", 1, 86400, "Seconds between worker.stats log events."),
+    k.number("poll_interval_s", 0.1, 86400, "Seconds between cycles of ackworker poll."),
+    k.integer("poll_page_size", 1, 1000, "PageSize of each PollTaskResult call."),
+    k.integer("poll_max_pages", 1, 100000, "Most PollTaskResult pages one poll cycle reads."),
+    k.Spec("poll_task_result_status", int, "must be 2 (succeeded) or 3 (failed)",
+          "TaskResultStatus filter of ackworker poll; unset polls both.",
+          k.check_task_result_status, optional=True),
+    k.Spec("poll_task_no", str, "must be 1 to 64 characters of letters, digits, '-' and '_'",
+          "TaskNo filter of ackworker poll; unset polls every task.", k.check_api_token,
+          optional=True),
+    k.Spec("poll_domain_name", str, "must be a domain name without spaces, at most 253 characters",
+          "DomainName filter of ackworker poll; unset polls every domain.", k.check_domain_name,
+          optional=True),
+    k.flag("verify_shortfall", "Ask PollTaskResult which numbers a short batch left unconfirmed."),
+    k.integer("verify_max_pages", 1, 1000, "Most PollTaskResult pages read per shortfall."),
 )
 # fmt: on
 _SPEC_BY_NAME = {spec.name: spec for spec in _SPECS}
@@ -195,6 +233,10 @@ def load_settings(
             sources[spec.name] = f"file:{path}"
         else:
             sources[spec.name] = "default"
+    accounts: dict[str, Account] = {}
+    if "accounts" in table:
+        defaults = {name: values.get(name, _default(name)) for name in _ACCOUNT_DEFAULTS}
+        accounts = parse_accounts(table["accounts"], str(path), environ, defaults)
     try:
         credentials = credential_source_from_env(environ)
         credentials.load()
@@ -202,7 +244,19 @@ def load_settings(
         if require_credentials:
             raise
         credentials = CredentialSource("environment")
-    return Settings(**values, credentials=credentials, sources=MappingProxyType(sources))
+    return Settings(
+        **values,
+        credentials=credentials,
+        accounts=MappingProxyType(accounts),
+        sources=MappingProxyType(sources),
+    )
+
+
+_ACCOUNT_DEFAULTS = ("endpoint", "rate_limit", "signature")
+
+
+def _default(name: str) -> Any:
+    return Settings.__dataclass_fields__[name].default
 
 
 def _read_file(path: str, *, from_env: bool) -> dict[str, Any]:
@@ -219,7 +273,7 @@ def _read_file(path: str, *, from_env: bool) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{label} is not valid TOML: {exc}") from None
     for key in table:
-        if key not in _SPEC_BY_NAME:
+        if key not in _SPEC_BY_NAME and key != "accounts":
             raise ConfigError(f"{path}: unknown setting {key!r}{_suggest(key)}")
     return table
 
