@@ -48,6 +48,15 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_poll(args: argparse.Namespace) -> int:
+    from worker.poller import poll_command
+    from worker.settings import load_settings
+
+    # The polled account's credentials are loaded by poll_command, not the default's.
+    settings = load_settings(args.config, os.environ, require_credentials=False)
+    return poll_command(settings, args.account, once=args.once)
+
+
 def _cmd_mock_api(args: argparse.Namespace) -> int:
     from worker.mockapi.main import mock_api_command
 
@@ -171,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-no", default=None, help="task number the ids belong to")
     p.add_argument("--domain", default=None, help="domain name the ids belong to")
     p.set_defaults(handler=_cmd_enqueue)
+
+    p = sub.add_parser(
+        "poll", parents=[config_opt], help="poll PollTaskResult and enqueue what it returns"
+    )
+    p.add_argument("--once", action="store_true", help="one cycle, then exit (1 if it failed)")
+    p.add_argument("--account", default="default", help="the account to poll (default: default)")
+    p.set_defaults(handler=_cmd_poll)
 
     p = sub.add_parser(
         "check-config", parents=[config_opt], help="print the effective settings and their sources"

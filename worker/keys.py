@@ -62,6 +62,13 @@ class Keys:
         """Prefix of the dedupe memory buckets ``<prefix>:seen:<bucket>:<shard>``."""
         return f"{self.prefix}:seen:"
 
+    def polled_prefix(self, account: str) -> str:
+        """Prefix of ``ackworker poll``'s memory of what it enqueued, buckets
+        ``<prefix>:polled:<bucket>:<shard>`` (``<prefix>:polled:<account>:...`` for a named
+        account); each bucket expires, see worker.producer."""
+        tail = "" if account == "default" else f"{account}:"
+        return f"{self.prefix}:polled:{tail}"
+
     @property
     def workers(self) -> str:
         """Sorted set of live workers: consumer -> heartbeat expiry (ms, Redis clock)."""
