@@ -27,9 +27,7 @@ def test_no_batch_over_size_and_nothing_lost_or_doubled(size: int, data: list[li
         fed += entries
         batches += assembler.feed(entries, now)
         now += 0.01
-    last = assembler.take_open()
-    if last is not None:
-        batches.append(last)
+    batches += assembler.take_open()
     assert all(1 <= len(b.groups) <= size for b in batches)
     settled = [e.entry_id for b in batches for e in b.entries()]
     assert sorted(settled) == sorted(e.entry_id for e in fed)
@@ -53,9 +51,39 @@ def test_linger_closes_a_batch_only_after_its_deadline() -> None:
         assembler.time_left_s(1.1) == 0.09999999999999987
         or abs((assembler.time_left_s(1.1) or 0) - 0.1) < 1e-9
     )
-    assert assembler.take_expired(1.19) is None
-    expired = assembler.take_expired(1.2)
-    assert expired is not None
+    assert assembler.take_expired(1.19) == []
+    [expired] = assembler.take_expired(1.2)
     assert expired.numbers == ["a"]
     assert assembler.open_batch is None
     assert assembler.room == 10
+
+
+accounts = st.sampled_from(["default", "eu", "cn"])
+
+
+@given(st.integers(min_value=1, max_value=8), st.lists(st.tuples(numbers, accounts), max_size=80))
+def test_batches_never_mix_accounts(size: int, data: list[tuple[str, str]]) -> None:
+    assembler = BatchAssembler(size, linger_ms=100, consumer="c")
+    fed = [
+        Entry(entry_id=f"{i}-0".encode(), number=n, account=a) for i, (n, a) in enumerate(data)
+    ]
+    batches = assembler.feed(fed, 0.0) + assembler.take_open()
+    for batch in batches:
+        assert {e.account for e in batch.entries()} == {batch.account}
+        assert 1 <= len(batch.groups) <= size
+    assert sorted(e.entry_id for b in batches for e in b.entries()) == sorted(
+        e.entry_id for e in fed
+    )
+
+
+def test_each_account_lingers_on_its_own_clock() -> None:
+    assembler = BatchAssembler(10, linger_ms=200, consumer="c")
+    assembler.feed([Entry(b"1-0", "a")], 1.0)
+    assembler.feed([Entry(b"2-0", "b", account="eu")], 1.1)
+    assert abs((assembler.time_left_s(1.15) or 0) - 0.05) < 1e-9  # the older batch's deadline
+    [first] = assembler.take_expired(1.2)
+    assert (first.account, first.numbers) == ("default", ["a"])
+    assert abs((assembler.time_left_s(1.2) or 0) - 0.1) < 1e-9
+    [second] = assembler.take_expired(1.3)
+    assert (second.account, second.numbers) == ("eu", ["b"])
+    assert assembler.take_open() == []

@@ -2,10 +2,11 @@
 
 - **list** reads ``<prefix>:dead`` oldest first, filtered by reason.
 - **replay** moves matching entries back to ``<prefix>:tasks``: per page, one Lua call
-  re-checks that each entry is still there, appends ``id`` (with ``task_no`` and ``domain``
-  when present) to the task stream and deletes the dead letter, so an entry is moved once even
-  when two operators replay at the same time. Only entries that existed when the replay
-  started are considered: numbers dead-lettered again while it runs are not replayed twice.
+  re-checks that each entry is still there, appends ``id`` (with ``task_no``, ``domain``
+  and ``account`` when present) to the task stream and deletes the dead letter, so an entry
+  is moved once even when two operators replay at the same time. Only entries that existed
+  when the replay started are considered: numbers dead-lettered again while it runs are not
+  replayed twice.
   ``invalid_id`` entries have no number to send and are skipped.
 - **purge** deletes dead letters older than a duration with ``XTRIM MINID``: stream ids carry
   the millisecond they were added (Redis's clock), so one atomic command does it.
@@ -54,7 +55,8 @@ for j = 1, #ARGV do
     local f, out = rows[1][2], {}
     for i = 1, #f, 2 do
       local name = f[i]
-      if (name == 'id' or name == 'task_no' or name == 'domain') and f[i + 1] ~= '' then
+      if (name == 'id' or name == 'task_no' or name == 'domain' or name == 'account')
+          and f[i + 1] ~= '' then
         out[#out + 1] = name
         out[#out + 1] = f[i + 1]
       end

@@ -8,6 +8,7 @@ raw bytes and are never decoded blindly, so an entry of binary garbage is report
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import anyio
@@ -189,12 +190,15 @@ class Holdings:
     """Every entry this process has read and not yet settled, by stream id.
 
     It is what shutdown hands back, and with a ``capacity`` it is the prefetch bound: the
-    intake waits for room before reading more.
+    intake waits for room before reading more. ``account_capacity`` bounds each account on its
+    own, so one account whose requests are held up cannot fill the room the others need.
     """
 
-    def __init__(self, capacity: int | None = None) -> None:
+    def __init__(self, capacity: int | None = None, account_capacity: int | None = None) -> None:
         self._held: dict[bytes, Entry] = {}
+        self._per_account: Counter[str] = Counter()
         self._capacity = capacity
+        self._account_capacity = account_capacity
         self._room: anyio.Event | None = None
 
     @property
@@ -202,9 +206,15 @@ class Holdings:
         """True when holding ``capacity`` entries or more."""
         return self._capacity is not None and len(self._held) >= self._capacity
 
-    async def wait_for_room(self) -> None:
-        """Return once fewer than ``capacity`` entries are held."""
-        while self.full:
+    def full_for(self, account: str) -> bool:
+        """True when ``account`` holds ``account_capacity`` entries or more."""
+        cap = self._account_capacity
+        return cap is not None and self._per_account[account] >= cap
+
+    async def wait_for_room(self, account: str | None = None) -> None:
+        """Return once fewer than ``capacity`` entries are held (with ``account``: once that
+        account holds fewer than ``account_capacity``)."""
+        while self.full if account is None else self.full_for(account):
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
@@ -222,13 +232,17 @@ class Holdings:
     def add(self, entries: list[Entry]) -> None:
         """Record entries just read or claimed."""
         for e in entries:
+            if e.entry_id not in self._held:
+                self._per_account[e.account] += 1
             self._held[e.entry_id] = e
 
     def discard(self, entries: list[Entry]) -> None:
         """Forget settled or handed-back entries."""
         for e in entries:
-            self._held.pop(e.entry_id, None)
-        if self._room is not None and not self.full:
+            if self._held.pop(e.entry_id, None) is not None:
+                self._per_account[e.account] -= 1
+        if self._room is not None:
+            # Every waiter re-checks its own condition.
             self._room.set()
             self._room = None
 

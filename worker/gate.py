@@ -12,7 +12,7 @@ most ``probe_cap_s``, so the gate can never be left closed with nobody probing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import anyio
 
@@ -91,3 +91,14 @@ class SendGate:
         except ConfigError as exc:
             # Keep probing with the credentials we have; the operator may still be editing.
             log.error("credentials.reload_failed", error=str(exc))
+
+
+def paused_accounts(gates: Mapping[str, SendGate]) -> str:
+    """Closed gates as ``code`` (default account) or ``account:code``, comma separated; ``""``
+    while every gate is open."""
+    problems = []
+    for account, gate in gates.items():
+        if not gate.is_open:
+            code = gate.problem or "paused"
+            problems.append(code if account == "default" else f"{account}:{code}")
+    return ",".join(problems)

@@ -2,18 +2,21 @@
 
 Lingering is done by Redis: with a batch open, XREADGROUP blocks only for the time the batch
 has left, so no timer task exists and no entry ever waits in a cancellable hand-off between
-stages. The bounded batch stream is the prefetch bound: with ``concurrency`` batches queued
-and ``concurrency`` being sent, a process holds about 2 × concurrency × batch_size entries;
-:class:`~worker.entries.Holdings` caps what busy rechecks could add beyond that.
+stages. :class:`~worker.entries.Holdings` is the prefetch bound, per account and in all: the
+intake reads nothing while the process holds its capacity, and an entry of an account that
+holds its share already is handed back to the stream's tail at once (``intake.deferred``)
+instead of being held, so one account whose requests are slowed (throttled, paused) never
+takes the room another account needs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from worker.batcher import BatchAssembler
 from worker.clock import SYSTEM_CLOCK, Clock
@@ -37,13 +40,14 @@ class IntakeConfig:
 
 
 class Intake:
-    """Feeds ``batches`` from the stream; closes it when stopping, after the open batch."""
+    """Feeds each account's ``batches`` stream; closes them when stopping, after the open
+    batches."""
 
     def __init__(
         self,
         source: StreamSource,
         holdings: Holdings,
-        batches: ObjectSendStream[Batch],
+        batches: Mapping[str, MemoryObjectSendStream[Batch]],
         config: IntakeConfig,
         stopping: anyio.Event,
         clock: Clock = SYSTEM_CLOCK,
@@ -60,16 +64,18 @@ class Intake:
 
     async def run(self) -> None:
         """Loop until ``stopping`` is set; then send the open batch and close the stream."""
-        async with self._batches:
+        try:
             while not self._stopping.is_set():
                 try:
                     await self._step()
                     self._redis_failures = 0
                 except REDIS_ERRORS as exc:
                     await self._redis_down(exc)
-            last = self._assembler.take_open()
-            if last is not None:
-                await self._batches.send(last)
+            for batch in self._assembler.take_open():
+                await self._batches[batch.account].send(batch)
+        finally:
+            for stream in self._batches.values():
+                stream.close()
 
     async def _step(self) -> None:
         now = self._clock.monotonic()
@@ -78,8 +84,9 @@ class Intake:
             room = self._assembler.room
             await self._take(await self._source.claim_stale(room, self._holdings))
         expired = self._assembler.take_expired(self._clock.monotonic())
-        if expired is not None:
-            await self._batches.send(expired)
+        for batch in expired:
+            await self._batches[batch.account].send(batch)
+        if expired:
             return
         if self._holdings.full:
             # Prefetch bound reached (busy rechecks hold entries beyond the queued batches);
@@ -105,11 +112,28 @@ class Intake:
         # A claim can return an entry this process already holds (its idle time ran out
         # before the keeper refreshed it); it is being worked on, so it is not taken twice.
         entries = [e for e in entries if e.entry_id not in self._holdings]
-        if not entries:
-            return
-        self._holdings.add(entries)
-        for batch in self._assembler.feed(entries, self._clock.monotonic()):
-            await self._batches.send(batch)
+        kept: list[Entry] = []
+        deferred: list[Entry] = []
+        for entry in entries:
+            if self._holdings.full_for(entry.account):
+                deferred.append(entry)
+            else:
+                self._holdings.add([entry])
+                kept.append(entry)
+        for batch in self._assembler.feed(kept, self._clock.monotonic()):
+            await self._batches[batch.account].send(batch)
+        if deferred:
+            await self._defer(deferred, waiting=not kept)
+
+    async def _defer(self, entries: list[Entry], *, waiting: bool) -> None:
+        """Hand entries of full accounts back to the stream's tail, where any consumer reads
+        them later; when nothing else was read, wait (bounded) for their account's room."""
+        moved = await self._source.hand_back(entries)
+        accounts = sorted({e.account for e in entries})
+        log.info("intake.deferred", count=len(entries), moved=moved, accounts=accounts)
+        if waiting:
+            with anyio.move_on_after(self._config.idle_block_ms / 1000.0):
+                await self._holdings.wait_for_room(accounts[0])
 
     async def _redis_down(self, exc: BaseException) -> None:
         if "NOGROUP" in str(exc):

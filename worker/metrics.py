@@ -102,6 +102,14 @@ class WorkerCollector:
             "The configured fleet-wide rate limit (ACKWORKER_RATE_LIMIT).",
             value=view.rate_limit_rps,
         )
+        rates = GaugeMetricFamily(
+            "ackworker_account_effective_rate_requests_per_second",
+            "Each account's effective rate as its shared limiter last answered.",
+            labels=["account"],
+        )
+        for account, rate in sorted(t.account_rates.items()):
+            rates.add_metric([account], rate)
+        yield rates
 
     def _levels(self) -> Iterator[Metric]:
         view, stream = self._view, self.stream
@@ -110,6 +118,14 @@ class WorkerCollector:
             "1 while a credentials or clock problem stops sending, else 0.",
             value=0 if view.sending_problem is None else 1,
         )
+        paused = GaugeMetricFamily(
+            "ackworker_account_sending_paused",
+            "1 while a credentials or clock problem stops sending for the account, else 0.",
+            labels=["account"],
+        )
+        for account, gate in sorted((view.gates or {"default": view.gate}).items()):
+            paused.add_metric([account], 0 if gate.is_open else 1)
+        yield paused
         yield GaugeMetricFamily(
             "ackworker_held_entries",
             "Entries this process has read and not settled.",

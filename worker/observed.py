@@ -41,18 +41,31 @@ class ObservedLimiter(RateLimiter):
     """A :class:`RateLimiter` that records its waits, pauses and the rate it answers."""
 
     def __init__(
-        self, redis: RedisClient, key: str, limit_rps: float, clock: Clock, *, totals: Totals
+        self,
+        redis: RedisClient,
+        key: str,
+        limit_rps: float,
+        clock: Clock,
+        *,
+        totals: Totals,
+        account: str = "default",
     ) -> None:
         super().__init__(redis, key, limit_rps, clock)
         self._totals = totals
-        totals.effective_rate = limit_rps  # until the shared limiter first answers
+        self._account = account
+        self._note(limit_rps)  # until the shared limiter first answers
+
+    def _note(self, rate: float) -> None:
+        self._totals.account_rates[self._account] = rate
+        if self._account == "default":
+            self._totals.effective_rate = rate
 
     async def call(
         self, op: str, *, pause_ms: float = 0.0, now_us: int | None = None
     ) -> LimiterReply:
         """Run the script and remember the effective rate it answered."""
         reply = await super().call(op, pause_ms=pause_ms, now_us=now_us)
-        self._totals.effective_rate = reply.rate
+        self._note(reply.rate)
         return reply
 
     async def acquire(self) -> float:

@@ -11,26 +11,31 @@ PEL, where ``claim_idle_ms`` later another consumer claims them. Nothing is lost
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import anyio
+import structlog
 from anyio.abc import ObjectReceiveStream, TaskGroup, TaskStatus
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 
+from worker.accounts import DEFAULT_ACCOUNT, Account, client_for
 from worker.client import DomainClient
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.dedupe import Dedupe, DedupeConfig
 from worker.entries import Batch, Holdings
 from worker.errors import ConfigError
-from worker.gate import SendGate
+from worker.gate import SendGate, paused_accounts
 from worker.heartbeat import Heartbeat
 from worker.intake import Intake, IntakeConfig
 from worker.keeper import Keeper
 from worker.keys import Keys
+from worker.lanes import AccountParts, Lane
 from worker.logs import configure_logging, get_logger, scrubber
 from worker.observed import ObservedClient, ObservedLimiter
 from worker.processor import Acknowledger, Processor, ProcessorDeps
@@ -49,7 +54,11 @@ FINAL_WRITE_S = 10.0
 
 @dataclass(slots=True)
 class WorkerParts:
-    """What a worker talks to; tests build these to run a worker in-process."""
+    """What a worker talks to; tests build these to run a worker in-process.
+
+    ``client`` and ``reload_credentials`` serve the default account; ``accounts`` holds the
+    client of every named account in the settings.
+    """
 
     redis: RedisClient
     client: Acknowledger
@@ -58,6 +67,7 @@ class WorkerParts:
     reload_credentials: Callable[[], None] | None = None
     clock: Clock = SYSTEM_CLOCK
     rng: random.Random = field(default_factory=random.Random)
+    accounts: Mapping[str, AccountParts] = field(default_factory=dict)
 
 
 class Worker:
@@ -67,8 +77,10 @@ class Worker:
         self._s = settings
         self._p = parts
         self.totals = Totals()
-        # About 2 x concurrency x batch_size: queued batches plus those being sent, plus one.
-        self.holdings = Holdings(settings.batch_size * (2 * settings.concurrency + 1))
+        # Per account about 2 x concurrency x batch_size: queued batches plus those being
+        # sent, plus one.
+        share = settings.batch_size * (2 * settings.concurrency + 1)
+        self.holdings = Holdings(share * len(settings.account_names), share)
         self._stopping = anyio.Event()
         self._hard = anyio.CancelScope()
         self._tg: TaskGroup | None = None
@@ -81,29 +93,66 @@ class Worker:
             parts.redis,
             parts.keys,
             settler,
-            SourceConfig(settings.consumer, settings.claim_idle_ms, settings.max_attempts),
+            SourceConfig(
+                settings.consumer,
+                settings.claim_idle_ms,
+                settings.max_attempts,
+                frozenset(settings.account_names),
+            ),
             parts.clock,
             self.totals,
         )
-        self.gate = SendGate(parts.policy, parts.clock, parts.reload_credentials or (lambda: None))
-        self._processor = Processor(self._deps(settler))
+        self._lanes = {name: self._lane(name, settler) for name in settings.account_names}
+        self.gate = self._lanes[DEFAULT_ACCOUNT].gate
 
-    def _deps(self, settler: Settler) -> ProcessorDeps:
+    def _lane(self, account: str, settler: Settler) -> Lane:
+        p = self._p
+        if account == DEFAULT_ACCOUNT:
+            parts = AccountParts(p.client, p.reload_credentials)
+        elif account in p.accounts:
+            parts = p.accounts[account]
+        else:
+            raise ConfigError(f"account {account!r} is configured but has no API client")
+        gate = SendGate(p.policy, p.clock, parts.reload_credentials or (lambda: None))
+        lane: Lane | None = None
+
+        def spawn(batch: Batch) -> None:
+            assert lane is not None
+            self._spawn_recheck(lane, batch)
+
+        lane = Lane(account, gate, Processor(self._deps(settler, account, parts, gate, spawn)))
+        return lane
+
+    def _deps(
+        self,
+        settler: Settler,
+        account: str,
+        parts: AccountParts,
+        gate: SendGate,
+        spawn: Callable[[Batch], None],
+    ) -> ProcessorDeps:
         s, p = self._s, self._p
+        settings = s.account(account)
+        assert settings is not None
         return ProcessorDeps(
             dedupe=Dedupe(
                 p.redis, p.keys, s.consumer, DedupeConfig(s.dedupe_ttl_s, s.claim_idle_ms)
             ),
             limiter=ObservedLimiter(
-                p.redis, p.keys.limiter, s.rate_limit, p.clock, totals=self.totals
+                p.redis,
+                p.keys.limiter_for(account),
+                settings.rate_limit,
+                p.clock,
+                totals=self.totals,
+                account=account,
             ),
-            client=ObservedClient(p.client, self.totals, p.clock),
+            client=ObservedClient(parts.client, self.totals, p.clock),
             settler=settler,
-            gate=self.gate,
+            gate=gate,
             policy=p.policy,
             holdings=self.holdings,
             totals=self.totals,
-            spawn=self._spawn_recheck,
+            spawn=spawn,
             send_slots=anyio.Semaphore(s.concurrency),
             clock=p.clock,
             rng=p.rng,
@@ -120,6 +169,7 @@ class Worker:
             self.gate,
             self._stopping,
             self._s.rate_limit,
+            gates={name: lane.gate for name, lane in self._lanes.items()},
         )
 
     def _keeper(self) -> Keeper:
@@ -136,7 +186,7 @@ class Worker:
         """What each heartbeat carries besides who and where (see worker.heartbeat)."""
         return {
             "state": "draining" if self._stopping.is_set() else "running",
-            "paused": "" if self.gate.is_open else (self.gate.problem or "paused"),
+            "paused": paused_accounts({n: lane.gate for n, lane in self._lanes.items()}),
             "confirmed": self.totals.confirmed,
             "duplicates": self.totals.duplicates,
             "dead": sum(self.totals.dead.values()),
@@ -204,22 +254,30 @@ class Worker:
 
     async def _pipeline(self) -> None:
         s = self._s
-        send, receive = anyio.create_memory_object_stream[Batch](max_buffer_size=s.concurrency)
         claim_every_ms = max(100, min(s.claim_idle_ms // 2, 30_000))
         config = IntakeConfig(s.consumer, s.batch_size, s.linger_ms, claim_every_ms)
-        intake = Intake(self._source, self.holdings, send, config, self._stopping, self._p.clock)
+        # Unbounded buffers: Holdings caps the entries each account holds, and a bounded
+        # stream would let one slowed account block the intake, and so every other account.
+        streams = {
+            name: anyio.create_memory_object_stream[Batch](max_buffer_size=math.inf)
+            for name in self._lanes
+        }
+        sends = {name: send for name, (send, _) in streams.items()}
+        intake = Intake(self._source, self.holdings, sends, config, self._stopping, self._p.clock)
         async with anyio.create_task_group() as tg:
             # Busy rechecks run in this group too, so draining waits for them.
             self._pipeline_tg = tg
             tg.start_soon(intake.run)
-            with receive:
-                for _ in range(s.concurrency):
-                    tg.start_soon(self._sender, receive.clone())
+            for name, (_, receive) in streams.items():
+                with receive:
+                    for _ in range(s.concurrency):
+                        tg.start_soon(self._sender, self._lanes[name], receive.clone())
 
-    async def _sender(self, batches: ObjectReceiveStream[Batch]) -> None:
-        async with batches:
-            async for batch in batches:
-                await self._guarded(self._processor.process, batch)
+    async def _sender(self, lane: Lane, batches: ObjectReceiveStream[Batch]) -> None:
+        with structlog.contextvars.bound_contextvars(account=lane.account):
+            async with batches:
+                async for batch in batches:
+                    await self._guarded(lane.processor.process, batch)
 
     async def _guarded(self, work: Callable[[Batch], Awaitable[None]], batch: Batch) -> None:
         """Run ``work`` on ``batch``; a Redis failure abandons the batch, never the worker.
@@ -238,9 +296,13 @@ class Worker:
                 error=f"{type(exc).__name__}: {exc}"[:300],
             )
 
-    def _spawn_recheck(self, batch: Batch) -> None:
+    def _spawn_recheck(self, lane: Lane, batch: Batch) -> None:
         if self._pipeline_tg is not None:
-            self._pipeline_tg.start_soon(self._guarded, self._processor.recheck_busy, batch)
+            self._pipeline_tg.start_soon(self._recheck, lane, batch)
+
+    async def _recheck(self, lane: Lane, batch: Batch) -> None:
+        with structlog.contextvars.bound_contextvars(account=lane.account):
+            await self._guarded(lane.processor.recheck_busy, batch)
 
     async def _grace_timer(self) -> None:
         await anyio.sleep(self._s.shutdown_grace_s)
@@ -288,35 +350,39 @@ async def _watch_signals(worker: Worker) -> None:
 async def serve(settings: Settings) -> Totals:
     """Run one worker with real Redis and HTTP until SIGTERM or SIGINT."""
     keys = keys_for(settings)
-    redis = open_redis(settings, max_connections=settings.concurrency * 2 + 4)
-    credentials = settings.credentials.load()
-    async with DomainClient(
-        endpoint=settings.endpoint,
-        credentials=credentials,
-        signature=settings.signature,
-        lang=settings.lang,
-        user_client_ip=settings.user_client_ip,
-        timeout_s=settings.http_timeout_s,
-        connect_timeout_s=settings.connect_timeout_s,
-        pool_size=settings.concurrency,
-    ) as client:
-
-        def reload() -> None:
-            fresh = settings.credentials.load()
-            scrubber.add_secret(fresh.access_key_secret)
-            scrubber.add_secret(fresh.security_token)
-            client.set_credentials(fresh)
-
+    lanes = len(settings.account_names)
+    redis = open_redis(settings, max_connections=(settings.concurrency * 2 + 4) * lanes)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(redis.aclose)
+        clients: dict[str, AccountParts] = {}
+        for name in settings.account_names:
+            account = settings.account(name)
+            assert account is not None
+            client = await stack.enter_async_context(client_for(settings, account))
+            clients[name] = AccountParts(client, _reloader(account, client))
+        default = clients.pop(DEFAULT_ACCOUNT)
         policy = RetryPolicy(max_attempts=settings.max_attempts)
-        worker = Worker(settings, WorkerParts(redis, client, keys, policy, reload))
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_watch_signals, worker)
-                totals = await worker.run()
-                tg.cancel_scope.cancel()
-        finally:
-            await redis.aclose()
+        parts = WorkerParts(
+            redis, default.client, keys, policy, default.reload_credentials, accounts=clients
+        )
+        worker = Worker(settings, parts)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals, worker)
+            totals = await worker.run()
+            tg.cancel_scope.cancel()
     return totals
+
+
+def _reloader(account: Account, client: DomainClient) -> Callable[[], None]:
+    """Re-read ``account``'s credentials into ``client`` (after a refusal, see SendGate)."""
+
+    def reload() -> None:
+        fresh = account.credentials.load()
+        scrubber.add_secret(fresh.access_key_secret)
+        scrubber.add_secret(fresh.security_token)
+        client.set_credentials(fresh)
+
+    return reload
 
 
 def _have_uvloop() -> bool:
@@ -329,16 +395,13 @@ def _have_uvloop() -> bool:
 
 def run_worker(settings: Settings) -> int:
     """``ackworker run``: configure logs, serve until signalled; the exit code."""
-    credentials = settings.credentials.load()
-    configure_logging(
-        level=settings.log_level,
-        fmt=settings.log_format,
-        secrets=[
-            credentials.access_key_secret,
-            credentials.security_token,
-            urlsplit(settings.redis_url).password,
-        ],
-    )
+    secrets: list[str | None] = [urlsplit(settings.redis_url).password]
+    for name in settings.account_names:
+        account = settings.account(name)
+        assert account is not None
+        credentials = account.credentials.load()
+        secrets += [credentials.access_key_secret, credentials.security_token]
+    configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=secrets)
     # uvloop's transports and loop cost roughly half of asyncio's per request; the worker
     # still runs on plain asyncio where uvloop is not installed.
     anyio.run(serve, settings, backend_options={"use_uvloop": _have_uvloop()})

@@ -153,6 +153,8 @@ class Settler:
                 fields["task_no"] = e.task_no
             if e.domain:
                 fields["domain"] = e.domain
+            if e.account != "default":
+                fields["account"] = e.account
             args += (e.entry_id, _flat(fields))
         keys = [self._keys.tasks, self._keys.inflight]
         moved = await self._hand_back(keys=keys, args=args)

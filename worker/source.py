@@ -1,7 +1,8 @@
 """Stream access: the consumer group, reading new entries, and taking over stale ones.
 
 Invalid entries never leave this module: they are dead-lettered with reason ``invalid_id``
-as they are read. Entries delivered more than ``max_attempts`` times are dead-lettered with
+as they are read, and entries naming an account that is not configured with reason
+``unknown_account``. Entries delivered more than ``max_attempts`` times are dead-lettered with
 reason ``redelivered_too_often`` as they are claimed, so a poison entry cannot crash-loop the
 fleet.
 """
@@ -28,11 +29,13 @@ log = get_logger("source")
 @dataclass(frozen=True, slots=True)
 class SourceConfig:
     """``claim_idle_ms``: idle time after which another consumer's entries are taken over;
-    ``max_attempts``: deliveries after which an entry is dead-lettered."""
+    ``max_attempts``: deliveries after which an entry is dead-lettered; ``accounts``: the
+    account names entries may carry."""
 
     consumer: str
     claim_idle_ms: int
     max_attempts: int
+    accounts: frozenset[str] = frozenset({"default"})
 
 
 async def ensure_group(redis: RedisClient, keys: Keys) -> None:
@@ -67,6 +70,7 @@ def entry_dead_letter(
         "error": error,
         "attempts": str(attempts),
         "source": entry.entry_id.decode(),
+        "account": entry.account,
     }
     if entry.task_no:
         record["task_no"] = entry.task_no
@@ -102,6 +106,10 @@ class StreamSource:
     async def ensure_group(self) -> None:
         """Create the stream and group again (after Redis lost them)."""
         await ensure_group(self._redis, self._keys)
+
+    async def hand_back(self, entries: list[Entry]) -> int:
+        """Move entries read but not taken on to the stream's tail; returns how many moved."""
+        return await self._settler.hand_back(entries)
 
     async def read(self, count: int, block_ms: int | None) -> list[Entry]:
         """Read up to ``count`` new entries, blocking up to ``block_ms`` (None: not at all)."""
@@ -172,6 +180,12 @@ class StreamSource:
                 settlement.dead.append(invalid_dead_letter(parsed, at))
                 settlement.ack.append(entry_id)
                 log.warning("item.invalid", source=entry_id.decode(), error=parsed.error)
+            elif parsed.account not in self._config.accounts:
+                known = ", ".join(sorted(self._config.accounts))
+                error = f"account {parsed.account[:64]!r} is not configured (known: {known})"
+                settlement.dead.append(entry_dead_letter(parsed, "unknown_account", error, 0, at))
+                settlement.ack.append(entry_id)
+                log.warning("item.dead", id=parsed.number, reason="unknown_account")
             elif parsed.delivered > self._config.max_attempts:
                 error = f"delivered {parsed.delivered} times, limit {self._config.max_attempts}"
                 record = entry_dead_letter(parsed, "redelivered_too_often", error, 0, at)

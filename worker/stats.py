@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from worker.entries import Holdings
-from worker.gate import SendGate
+from worker.gate import SendGate, paused_accounts
 from worker.keys import Keys
 from worker.logs import scrubber
 
@@ -58,7 +59,8 @@ class Totals:
     """Counts since start. ``dead`` is by reason; ``retries`` by error code.
 
     ``in_flight`` is a level (requests awaiting an answer now), ``effective_rate`` the fleet's
-    rate as the limiter last answered (requests/s), ``rate_wait_s`` the seconds senders spent
+    rate as the default account's limiter last answered (requests/s; ``account_rates`` holds it
+    for every account), ``rate_wait_s`` the seconds senders spent
     waiting for rate-limit slots, ``fleet_pauses`` the throttling answers that paused the fleet.
     """
 
@@ -75,6 +77,7 @@ class Totals:
     rate_wait_s: float = 0.0
     fleet_pauses: int = 0
     effective_rate: float = 0.0
+    account_rates: dict[str, float] = field(default_factory=dict)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     @property
@@ -119,6 +122,8 @@ class WorkerView:
     stopping: anyio.Event
     rate_limit_rps: float
     redis_timeout_s: float = REDIS_READ_TIMEOUT_S
+    # Every account's gate by name (the default account's is ``gate``); empty: just ``gate``.
+    gates: Mapping[str, SendGate] = field(default_factory=dict)
 
     @property
     def held(self) -> int:
@@ -127,8 +132,9 @@ class WorkerView:
 
     @property
     def sending_problem(self) -> str | None:
-        """None while sending is allowed, else the code that closed the gate."""
-        return None if self.gate.is_open else (self.gate.problem or "paused")
+        """None while every account may send, else the codes that closed gates (``code`` for
+        the default account, ``account:code`` for the others)."""
+        return paused_accounts(self.gates or {"default": self.gate}) or None
 
     async def sample_stream(self) -> StreamSample:
         """Read the backlog and pending count; a failure is reported, never raised."""
