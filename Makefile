@@ -43,8 +43,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check
 	$(BIN)/mypy
 
+# The main job end to end, then the closed loop: `ackworker poll` finds what the stand-in
+# holds, `ackworker run` acknowledges it, and nothing is left pending.
 demo: setup
 	$(BIN)/python -m worker.demo
+	$(BIN)/python -m worker.demo_loop
 
 run: $(STAMP)
 	$(BIN)/ackworker --config config/ackworker.toml run

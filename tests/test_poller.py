@@ -22,7 +22,7 @@ import pytest
 import structlog
 from redis.asyncio import Redis
 
-from tests.conftest import PYTHON, RedisServer, worker_env
+from tests.conftest import PYTHON, REPO, RedisServer, worker_env
 from tests.harness import FAST_POLICY, TEST_CREDENTIALS, make_settings, stream_fields, wait_for
 from worker.accounts import Account, client_for
 from worker.credentials import CredentialSource
@@ -530,3 +530,21 @@ def test_cycle_report_fields_add_up() -> None:
     assert fields.keys() >= CYCLE_FIELDS
     assert fields["duration_ms"] == 250.0
     assert fields["enqueued"] + fields["known"] + fields["invalid"] == fields["found"]
+
+
+@pytest.mark.slow
+def test_the_closed_loop_demo_leaves_nothing_pending(tmp_path: Path) -> None:
+    out = tmp_path / "loop.json"
+    args = [PYTHON, "-m", "worker.demo_loop", "--count", "600", "--timeout-s", "60"]
+    args += ["--log-dir", str(tmp_path), "--json-out", str(out)]
+    done = subprocess.run(
+        args, cwd=REPO, env=worker_env(), capture_output=True, text=True, timeout=100, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(out.read_text())
+    assert summary["problems"] == []
+    assert (summary["held"], summary["pending_after"], summary["confirmed"]) == (600, 0, 600)
+    assert summary["enqueued"] == summary["stream_added"] == 600
+    assert summary["cycles"] >= 1
+    assert summary["worker"]["confirmed"] == 600
+    assert "closed loop ok" in done.stdout

@@ -8,6 +8,9 @@ raw with XADD. Then it runs ``ackworker run`` until ``XLEN demo:tasks`` is 0, st
 SIGTERM, and prints what happened, read from the stand-in's admin stats, the worker's
 ``worker.stopped`` log line and the ``demo:dead`` and ``demo:reconcile`` streams.
 
+``make demo`` then runs the closed loop, :mod:`worker.demo_loop`, whose ``ackworker poll``
+finds the results itself; it reuses the process helpers below.
+
 Every process it started is stopped on the way out: on success, on failure and on Ctrl-C.
 Exit code 0 when every promise held, 1 with a message otherwise, 130 when interrupted.
 """
@@ -462,14 +465,15 @@ def run_demo(args: argparse.Namespace, workdir: Path, procs: Processes) -> Summa
     return summary
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM handler: stop the way Ctrl-C does."""
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; the process exit code."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     with tempfile.TemporaryDirectory(prefix="ackworker-demo-") as tmp:
         procs = Processes()
         try:
@@ -484,11 +488,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("demo interrupted: stopping what it started", file=sys.stderr)
             return 130
         finally:
-            _stop_uninterrupted(procs)
+            stop_uninterrupted(procs)
     return report(summary, args.json_out)
 
 
-def _stop_uninterrupted(procs: Processes) -> None:
+def stop_uninterrupted(procs: Processes) -> None:
+    """Stop every child; signals are ignored meanwhile."""
     # A second Ctrl-C must not abandon children halfway; stopping each is bounded anyway.
     previous = (
         signal.signal(signal.SIGINT, signal.SIG_IGN),
