@@ -7,6 +7,7 @@ import json
 import subprocess
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 import pytest
@@ -28,21 +29,33 @@ pytestmark = pytest.mark.anyio
 AT = "2026-01-01T00:00:00Z"
 
 
-async def ackworker(redis_server: RedisServer, prefix: str, *args: str) -> tuple[int, str, str]:
+async def ackworker(
+    redis_server: RedisServer, prefix: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     done = await anyio.run_process(
         [PYTHON, "-m", "worker", *args],
         env=worker_env(
             ACKWORKER_REDIS_URL=redis_server.url,
             ACKWORKER_KEY_PREFIX=prefix,
             ACKWORKER_RATE_LIMIT="100",
+            EU_ID="LTAIeuexample0001",
+            EU_SECRET="eu-secret-value",
+            **(env or {}),
         ),
         check=False,
     )
     return done.returncode, done.stdout.decode(), done.stderr.decode()
 
 
-def dead_letter(number: str, reason: str, n: int) -> dict[str, str]:
-    return {"id": number, "reason": reason, "error": f"E{n}", "attempts": "3", "at": AT}
+def dead_letter(number: str, reason: str, n: int, account: str = "default") -> dict[str, str]:
+    return {
+        "id": number,
+        "reason": reason,
+        "error": f"E{n}",
+        "attempts": "3",
+        "account": account,
+        "at": AT,
+    }
 
 
 def reconcile_record(
@@ -72,7 +85,7 @@ async def populate(redis: Redis, keys: Keys) -> list[bytes]:
         {"id": "", "reason": "invalid_id", "error": "field 'id' is empty", "raw": '{"id":""}'},
         dead_letter("r2", "rejected", 2),
         dead_letter("x1", "retries_exhausted", 3),
-        dead_letter("r3", "rejected", 4),
+        dead_letter("r3", "rejected", 4, account="eu"),
     ]
     for fields in letters:
         await redis.xadd(keys.dead, fields)  # type: ignore[arg-type]
@@ -105,6 +118,7 @@ async def test_status_json_and_table(redis_server: RedisServer, redis: Redis, pr
         "dead",
         "reconcile",
         "rate_limit",
+        "accounts",
         "sending_paused",
         "workers",
     ]
@@ -116,6 +130,7 @@ async def test_status_json_and_table(redis_server: RedisServer, redis: Redis, pr
     assert status["dead"] == {
         "total": 6,
         "by_reason": {"invalid_id": 2, "rejected": 3, "retries_exhausted": 1},
+        "by_account": {"": 2, "default": 3, "eu": 1},
         "scanned": 6,
         "capped": False,
     }
@@ -131,6 +146,7 @@ async def test_status_json_and_table(redis_server: RedisServer, redis: Redis, pr
     assert (rate["limit_rps"], rate["effective_rps"]) == (100.0, 70.0)  # cut ×0.7 once
     assert 50 < rate["pause_s"] <= 60
     assert 0 <= rate["throttled_s_ago"] < 10
+    assert status["accounts"] == {"default": rate}  # no named accounts configured
     assert status["sending_paused"] == [
         {"consumer": "w-paused", "problem": "InvalidAccessKeyId.NotFound"}
     ]
@@ -146,6 +162,35 @@ async def test_status_json_and_table(redis_server: RedisServer, redis: Redis, pr
     assert "c-stalled" in out
 
 
+async def test_status_shows_each_accounts_limiter(
+    redis_server: RedisServer, redis: Redis, prefix: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "accounts.toml"
+    config.write_text(
+        '[accounts.eu]\nrate_limit = 5.0\naccess_key_id_env = "EU_ID"\n'
+        'access_key_secret_env = "EU_SECRET"\n'
+    )
+    keys = Keys(prefix)
+    await RateLimiter(redis, keys.limiter_for("eu"), 5.0).throttled(30.0)
+    code, out, err = await ackworker(
+        redis_server, prefix, "status", "--json", env={"ACKWORKER_CONFIG": str(config)}
+    )
+    assert code == 0, err
+    accounts = json.loads(out)["accounts"]
+    assert list(accounts) == ["default", "eu"]
+    assert accounts["default"]["pause_s"] == 0
+    assert accounts["default"]["throttled_s_ago"] is None
+    assert (accounts["eu"]["limit_rps"], accounts["eu"]["effective_rps"]) == (5.0, 3.5)
+    assert 20 < accounts["eu"]["pause_s"] <= 30
+
+    code, out, err = await ackworker(
+        redis_server, prefix, "status", env={"ACKWORKER_CONFIG": str(config)}
+    )
+    assert code == 0, err
+    assert "rate default  limit 100.0/s, effective 100.0/s" in out
+    assert "rate eu       limit 5.0/s, effective 3.5/s" in out
+
+
 async def test_status_says_when_a_count_was_capped(
     redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,6 +203,7 @@ async def test_status_says_when_a_count_was_capped(
     assert status["dead"] == {
         "total": 7,
         "by_reason": {"rejected": 5},
+        "by_account": {"default": 5},
         "scanned": 5,
         "capped": True,
     }

@@ -11,10 +11,12 @@ refused its credentials or clock. :func:`collect_status` returns the stable JSON
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from redis.exceptions import ResponseError
 
+from worker.accounts import DEFAULT_ACCOUNT
 from worker.heartbeat import read_beats
 from worker.keys import Keys
 from worker.ops import (
@@ -28,8 +30,18 @@ from worker.redis_conn import RedisClient
 from worker.settings import Settings
 
 
-async def collect_status(redis: RedisClient, keys: Keys, limit_rps: float) -> dict[str, Any]:
-    """The status snapshot; ``limit_rps`` is the configured ``rate_limit``."""
+async def collect_status(
+    redis: RedisClient,
+    keys: Keys,
+    limit_rps: float,
+    accounts: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """The status snapshot; ``limit_rps`` is the configured ``rate_limit``, ``accounts`` the
+    named accounts' (``rate_limit`` and ``dead`` also appear per account, default first)."""
+    limits = {DEFAULT_ACCOUNT: limit_rps, **(accounts or {})}
+    rates = {
+        name: await _rate_limit(redis, keys.limiter_for(name), rps) for name, rps in limits.items()
+    }
     pending, consumers = await _pending(redis, keys)
     workers = [b.as_json() for b in await read_beats(redis, keys)]
     return {
@@ -39,7 +51,8 @@ async def collect_status(redis: RedisClient, keys: Keys, limit_rps: float) -> di
         "consumers": consumers,
         "dead": await _dead(redis, keys),
         "reconcile": await _reconcile(redis, keys),
-        "rate_limit": await _rate_limit(redis, keys, limit_rps),
+        "rate_limit": rates[DEFAULT_ACCOUNT],
+        "accounts": rates,
         "sending_paused": [
             {"consumer": w["consumer"], "problem": w["paused"]} for w in workers if w["paused"]
         ],
@@ -70,9 +83,12 @@ async def _pending(redis: RedisClient, keys: Keys) -> tuple[dict[str, Any], list
 
 async def _dead(redis: RedisClient, keys: Keys) -> dict[str, Any]:
     tally = await tally_stream(redis, keys.dead, "reason")
+    by_account = await tally_stream(redis, keys.dead, "account")
     return {
         "total": int(await redis.xlen(keys.dead)),
         "by_reason": dict(sorted(tally.by_value.items())),
+        # Dead letters of invalid entries carry no account: counted under "".
+        "by_account": dict(sorted(by_account.by_value.items())),
         "scanned": tally.scanned,
         "capped": tally.capped,
     }
@@ -90,10 +106,11 @@ async def _reconcile(redis: RedisClient, keys: Keys) -> dict[str, Any]:
     }
 
 
-async def _rate_limit(redis: RedisClient, keys: Keys, limit_rps: float) -> dict[str, Any]:
-    """The limiter hash as it stands; times are µs on Redis's clock (see worker.limiter)."""
-    now_us = await redis_now_ms(redis, keys.limiter) * 1000
-    reply: Any = redis.hmget(keys.limiter, ["tat", "rate", "updated", "last_cut"])
+async def _rate_limit(redis: RedisClient, key: str, limit_rps: float) -> dict[str, Any]:
+    """The limiter hash ``key`` as it stands; times are µs on Redis's clock (see
+    worker.limiter)."""
+    now_us = await redis_now_ms(redis, key) * 1000
+    reply: Any = redis.hmget(key, ["tat", "rate", "updated", "last_cut"])
     raw: list[bytes | None] = await reply
     tat, rate, updated, last_cut = (float(x) if x else None for x in raw)
     return {
@@ -126,10 +143,9 @@ def _capped(section: dict[str, Any]) -> str:
 
 
 def _overview(s: dict[str, Any]) -> list[tuple[str, str]]:
-    p, d, r, rl = s["pending"], s["dead"], s["reconcile"], s["rate_limit"]
+    p, d, r = s["pending"], s["dead"], s["reconcile"]
     oldest = "" if p["oldest_id"] is None else f", oldest {p['oldest_id']} idle {_secs(p)}"
     dead = f"{d['total']}" + (f": {_counts(d['by_reason'])}" if d["total"] else "")
-    throttled = rl["throttled_s_ago"]
     paused = ", ".join(f"{x['consumer']} ({x['problem']})" for x in s["sending_paused"])
     return [
         ("backlog", f"{s['backlog']} entries in {s['key_prefix']}:tasks"),
@@ -140,15 +156,25 @@ def _overview(s: dict[str, Any]) -> list[tuple[str, str]]:
             f"{r['total']} record(s), shortfall {r['shortfall']}, overcount {r['overcount']}"
             + _capped(r),
         ),
-        (
-            "rate limit",
-            f"limit {rl['limit_rps']}/s, effective {rl['effective_rps']}/s, next free slot in "
-            f"{rl['pause_s']}s, last throttled "
-            + ("never" if throttled is None else f"{throttled}s ago"),
-        ),
+        *_rate_lines(s["accounts"]),
         ("sending", f"paused on {paused}" if paused else "not paused by any live worker"),
         ("workers", f"{len(s['workers'])} live"),
     ]
+
+
+def _rate_lines(accounts: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """One ``rate limit`` line, or one per account when there are several."""
+    lines = []
+    for name, rl in accounts.items():
+        throttled = rl["throttled_s_ago"]
+        label = "rate limit" if len(accounts) == 1 else f"rate {name}"
+        text = (
+            f"limit {rl['limit_rps']}/s, effective {rl['effective_rps']}/s, next free slot in "
+            f"{rl['pause_s']}s, last throttled "
+            + ("never" if throttled is None else f"{throttled}s ago")
+        )
+        lines.append((label, text))
+    return lines
 
 
 def _secs(p: dict[str, Any]) -> str:
@@ -180,7 +206,8 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
     """``ackworker status [--json]``."""
 
     async def main(redis: RedisClient, keys: Keys) -> int:
-        snapshot = await collect_status(redis, keys, settings.rate_limit)
+        named = {name: account.rate_limit for name, account in settings.accounts.items()}
+        snapshot = await collect_status(redis, keys, settings.rate_limit, named)
         if as_json:
             print_json(snapshot)
         else:
