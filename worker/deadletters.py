@@ -40,7 +40,13 @@ from worker.settings import Settings
 
 log = get_logger("dead")
 
-REASONS = ("invalid_id", "rejected", "retries_exhausted", "redelivered_too_often")
+REASONS = (
+    "invalid_id",
+    "rejected",
+    "retries_exhausted",
+    "redelivered_too_often",
+    "unconfirmed",
+)
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _DURATION = re.compile(r"([0-9]{1,9})([smhdw])")
 _ERROR_SHOWN = 60

@@ -1,14 +1,14 @@
 """One batch from reservation to settlement: dedupe → limiter → client → reconciler → settle.
 
 Every batch ends in exactly one ``batch.settled`` event, however it was split or retried.
-Outcomes per number: confirmed, duplicate, dead-lettered (``rejected``, ``retries_exhausted``),
-or recorded as a shortfall in ``<prefix>:reconcile``. Fatal answers never settle anything:
-the :class:`~worker.gate.SendGate` holds the batch until sending works again.
+Outcomes per number: confirmed, duplicate, dead-lettered (``rejected``, ``retries_exhausted``,
+``unconfirmed``), or recorded in ``<prefix>:reconcile`` (a batch still short after its resend
+is verified first when a verifier is wired: :mod:`worker.verify`). Fatal answers never settle
+anything: the :class:`~worker.gate.SendGate` holds the batch until sending works again.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,17 +31,16 @@ from worker.errors import (
 from worker.gate import SendGate
 from worker.limiter import RateLimiter
 from worker.logs import get_logger
-from worker.reconciler import assess, needs_resend, reconcile_record
-from worker.redis_conn import REDIS_ERRORS
+from worker.reconciler import Resolution, assess, needs_resend, reconcile_record, verdict_fields
 from worker.retry import RetryPolicy
 from worker.settle import Settlement, Settler
 from worker.source import entry_dead_letter
 from worker.stats import Totals
+from worker.verify import UNCHECKED, Verifier
 
 log = get_logger("processor")
 
 BUSY_RECHECK_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
-SETTLE_DEADLINE_S = 10.0
 
 
 class Acknowledger(Protocol):
@@ -98,6 +97,8 @@ class ProcessorDeps:
     send_slots: anyio.Semaphore
     clock: Clock = SYSTEM_CLOCK
     rng: random.Random = field(default_factory=random.Random)
+    # Asks PollTaskResult which numbers a short batch left unconfirmed; None: unverified.
+    verifier: Verifier | None = None
 
 
 class Processor:
@@ -158,8 +159,7 @@ class Processor:
             await self._deliver(batch.subset(numbers[:half]), report)
             await self._deliver(batch.subset(numbers[half:]), report)
         else:
-            reason = "rejected" if isinstance(outcome, PermanentApiError) else "retries_exhausted"
-            await self._dead_letter(batch, reason, outcome, report)
+            await self._dead_letter(batch, _dead_reason(outcome), outcome, report)
 
     async def _send(self, batch: Batch, report: BatchReport) -> AckResult | ApiError:
         """Send until an answer or a final error; fatal answers wait at the gate."""
@@ -221,36 +221,70 @@ class Processor:
         )
         await d.clock.sleep(delay)
 
-    async def _reconcile(self, batch: Batch, first: AckResult, report: BatchReport) -> None:
-        d = self._d
-        submitted = len(batch.groups)
-        results = [first.result]
-        if needs_resend(submitted, first.result):
+    async def _answers(self, batch: Batch, first: int, report: BatchReport) -> list[int]:
+        """``first`` and, when it is short, the ``Result`` of one resend."""
+        results = [first]
+        if needs_resend(len(batch.groups), first):
             again = await self._send(batch, report)
             if isinstance(again, AckResult):
                 results.append(again.result)
-        verdict = assess(submitted, results)
-        settlement = Settlement(ack=[e.entry_id for e in batch.entries()], release=batch.numbers)
+        return results
+
+    async def _reconcile(self, batch: Batch, first: AckResult, report: BatchReport) -> None:
+        d = self._d
+        submitted = len(batch.groups)
+        verdict = assess(submitted, await self._answers(batch, first.result, report))
+        if verdict.shortfall:
+            log.warning("batch.shortfall", **verdict_fields(batch, verdict, report.request_ids))
+            await self._resolve(Resolution.start(batch, verdict), report)
+            return
+        entry_ids = [e.entry_id for e in batch.entries()]
+        settlement = Settlement(entry_ids, batch.digests(), release=batch.numbers)
         riders = batch.size - submitted
         report.duplicates += riders
         d.totals.duplicates += riders
-        if verdict.shortfall:
+        if verdict.overcount:
             record = reconcile_record(batch, verdict, report.request_ids, self._now())
             settlement.reconcile.append(record)
-            report.shortfall += verdict.shortfall
-            d.totals.shortfall += verdict.shortfall
-            log.warning("batch.shortfall", **_verdict_fields(batch, verdict, report))
-        else:
-            settlement.confirmed = batch.digests()
-            if verdict.overcount:
-                settlement.reconcile.append(
-                    reconcile_record(batch, verdict, report.request_ids, self._now())
-                )
-                d.totals.overcount += verdict.overcount
-                log.error("batch.overcount", **_verdict_fields(batch, verdict, report))
+            d.totals.overcount += verdict.overcount
+            log.error("batch.overcount", **verdict_fields(batch, verdict, report.request_ids))
         report.confirmed += verdict.confirmed
         d.totals.confirmed += verdict.confirmed
         await self._settle(settlement, batch.entries())
+
+    async def _resolve(self, case: Resolution, report: BatchReport) -> None:
+        """Without a verifier, record the whole short batch. With one: check, re-send what
+        ``PollTaskResult`` still lists (``<batch_id>.v<n>``, at most ``max_attempts`` rounds),
+        then settle the whole batch once, with its reconcile record."""
+        d = self._d
+        while await self._check(case):
+            await d.clock.sleep(d.policy.delay_s(case.rounds + 1, None, d.rng))
+            remainder = case.next_round()
+            sent = await self._send(remainder, report)
+            if isinstance(sent, ApiError):
+                case.give_up(_dead_reason(sent), sent.summary())
+                break
+            if case.answered_round(await self._answers(remainder, sent.result, report)):
+                break
+        tally = case.tally()
+        tally.add_to(report, d.totals)
+        if tally.dead:
+            log.warning("item.dead", batch_id=case.batch.batch_id, **tally.dead_fields())
+        settlement = case.settlement(report.request_ids, report.attempts, self._now())
+        await self._settle(settlement, case.batch.entries())
+
+    async def _check(self, case: Resolution) -> bool:
+        """Check the open numbers; True when some are still listed and rounds are left."""
+        d = self._d
+        if d.verifier is None:
+            case.absorb(UNCHECKED)
+            return False
+        async with d.send_slots:  # a page in flight counts like a send
+            check = await d.verifier.check(case.batch.subset(case.open), d.limiter)
+        case.absorb(check)
+        event = "reconcile.verify_failed" if check.failed else "reconcile.verified"
+        log.info(event, batch_id=case.batch.batch_id, round=case.rounds, **check.counts())
+        return bool(case.open) and case.rounds < d.policy.max_attempts
 
     async def _dead_letter(
         self, batch: Batch, reason: str, exc: ApiError, report: BatchReport
@@ -281,36 +315,14 @@ class Processor:
         await self._settle(Settlement(ack=[e.entry_id for e in entries]), entries)
 
     async def _settle(self, settlement: Settlement, entries: list[Entry]) -> None:
-        """Write an outcome, retrying while Redis is away, shielded from cancellation.
-
-        The API has answered: losing this write would turn confirmed numbers into a false
-        shortfall when the entries are claimed and sent again. Bounded by SETTLE_DEADLINE_S;
-        if Redis stays away that long the entries stay pending and are claimed later.
-        """
-        with anyio.move_on_after(SETTLE_DEADLINE_S, shield=True) as scope:
-            for retry in itertools.count(1):
-                try:
-                    await self._d.settler.settle(settlement)
-                    break
-                except REDIS_ERRORS as exc:
-                    delay = min(2.0, 0.1 * 2**retry)
-                    log.warning("settle.retry", error=str(exc)[:300], retry_in_s=delay)
-                    await self._d.clock.sleep(delay)
-        if scope.cancelled_caught:
-            log.error("settle.failed", entries=len(entries), deadline_s=SETTLE_DEADLINE_S)
-        # Either way this process is done with them: settled, or left pending for a claim.
+        """Write an outcome (see :meth:`~worker.settle.Settler.settle_shielded`); either way
+        this process is done with the entries: settled, or left pending for a claim."""
+        await self._d.settler.settle_shielded(settlement, self._d.clock, len(entries))
         self._d.holdings.discard(entries)
 
     def _now(self) -> str:
         return iso_utc(self._d.clock.now())
 
 
-def _verdict_fields(batch: Batch, verdict: Any, report: BatchReport) -> dict[str, Any]:
-    return {
-        "batch_id": batch.batch_id,
-        "submitted": verdict.submitted,
-        "confirmed": verdict.confirmed,
-        "shortfall": verdict.shortfall,
-        "overcount": verdict.overcount,
-        "request_ids": report.request_ids,
-    }
+def _dead_reason(exc: ApiError) -> str:
+    return "rejected" if isinstance(exc, PermanentApiError) else "retries_exhausted"

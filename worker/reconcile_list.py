@@ -1,9 +1,12 @@
 """``ackworker reconcile list``: the batches whose answers did not add up, oldest first.
 
 Each ``<prefix>:reconcile`` entry is written by the settle step (see ``worker.processor``):
-``batch_id``, ``kind`` (``shortfall`` or ``overcount``), the counts, and ``ids`` and
-``request_ids`` as JSON lists. The JSON form gives the counts as numbers and the lists as
-lists, so ``jq`` can feed the ids to ``PollTaskResult`` checks or ``ackworker enqueue``.
+``batch_id``, ``kind`` (``shortfall`` or ``overcount``), ``verified`` (``true`` when
+``PollTaskResult`` was asked which numbers stayed unconfirmed), the counts, and ``ids`` and
+``request_ids`` as JSON lists; a verified record also has ``unconfirmed`` and ``unknown``
+(JSON lists), ``elsewhere`` and ``rounds``. The JSON form gives the counts as numbers, the
+lists as lists and ``verified`` as a boolean (false for records written before it existed),
+so ``jq`` can feed the ids to ``PollTaskResult`` checks or ``ackworker enqueue``.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from worker.ops import Row, StreamScan, print_json, render_table, run_with_redis
 from worker.redis_conn import RedisClient
 from worker.settings import Settings
 
-_COUNTS = ("submitted", "confirmed", "shortfall", "overcount")
+_COUNTS = ("submitted", "confirmed", "shortfall", "overcount", "elsewhere", "rounds")
 _LISTS = ("ids", "request_ids")
+_VERIFIED_LISTS = ("unconfirmed", "unknown")  # only verified records have them
+_SHOWN_COUNTS = _COUNTS[:4]
 
 
 async def list_reconcile(redis: RedisClient, keys: Keys, limit: int) -> tuple[list[Row], bool]:
@@ -36,27 +41,45 @@ def record_json(row: Row) -> dict[str, Any]:
     for name in _COUNTS:
         if fields.get(name, "").isdigit():
             shown[name] = int(fields[name])
-    for name in _LISTS:
+    for name in (*_LISTS, *(n for n in _VERIFIED_LISTS if n in fields)):
         # Unparsable text is kept as it is: an operator still wants to see it.
         with suppress(orjson.JSONDecodeError):
             shown[name] = orjson.loads(fields[name]) if name in fields else None
+    shown["verified"] = fields.get("verified") == "true"
     return shown
 
 
+def _count(value: object) -> int | str:
+    return len(value) if isinstance(value, list) else "?"
+
+
 def _table(rows: list[Row]) -> str:
-    headers = ("entry", "at", "kind", "batch_id", *_COUNTS, "ids")
+    # The lists are shown as how many numbers each holds.
+    headers = (
+        "entry",
+        "at",
+        "kind",
+        "batch_id",
+        "verified",
+        *_SHOWN_COUNTS,
+        "ids",
+        *_VERIFIED_LISTS,
+    )
     cells = []
     for row in rows:
         record = record_json(row)
-        ids = record.get("ids")
+        verified = record["verified"]
         cells.append(
             (
                 row[0],
                 record.get("at", ""),
                 record.get("kind", ""),
                 record.get("batch_id", ""),
-                *(record.get(name, "") for name in _COUNTS),
-                len(ids) if isinstance(ids, list) else "?",
+                "yes" if verified else "no",
+                *(record.get(name, "") for name in _SHOWN_COUNTS),
+                _count(record.get("ids")),
+                _count(record.get("unconfirmed")) if verified else "",
+                _count(record.get("unknown")) if verified else "",
             )
         )
     return render_table(headers, cells)

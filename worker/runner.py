@@ -45,6 +45,7 @@ from worker.settings import Settings
 from worker.settle import Settler
 from worker.source import SourceConfig, StreamSource, ensure_group
 from worker.stats import Totals, WorkerView
+from worker.verify import make_verifier
 from worker.watch import start_watching
 
 log = get_logger("worker")
@@ -156,6 +157,7 @@ class Worker:
             send_slots=anyio.Semaphore(s.concurrency),
             clock=p.clock,
             rng=p.rng,
+            verifier=make_verifier(s, parts.client, policy=p.policy, clock=p.clock, rng=p.rng),
         )
 
     def view(self) -> WorkerView:

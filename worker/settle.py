@@ -12,16 +12,24 @@ entries, and acknowledges the originals in the same script: other consumers read
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import anyio
 import orjson
 
+from worker.clock import Clock
 from worker.dedupe import bucket_s
 from worker.digest import join_numbers
 from worker.entries import Entry
 from worker.keys import Keys
-from worker.redis_conn import RedisClient, register_script
+from worker.logs import get_logger
+from worker.redis_conn import REDIS_ERRORS, RedisClient, register_script
+
+log = get_logger("settle")
+
+SETTLE_DEADLINE_S = 10.0
 
 _SETTLE = """
 local group, seen_prefix = ARGV[1], ARGV[2]
@@ -140,6 +148,25 @@ class Settler:
         ]
         k = self._keys
         await self._settle(keys=[k.tasks, k.dead, k.reconcile, k.inflight], args=args)
+
+    async def settle_shielded(self, s: Settlement, clock: Clock, entries: int) -> None:
+        """Apply ``s``, retrying while Redis is away, shielded from cancellation.
+
+        The API has answered: losing this write would turn confirmed numbers into a false
+        shortfall when the entries are claimed and sent again. Bounded by SETTLE_DEADLINE_S;
+        if Redis stays away that long the entries stay pending and are claimed later.
+        """
+        with anyio.move_on_after(SETTLE_DEADLINE_S, shield=True) as scope:
+            for retry in itertools.count(1):
+                try:
+                    await self.settle(s)
+                    break
+                except REDIS_ERRORS as exc:
+                    delay = min(2.0, 0.1 * 2**retry)
+                    log.warning("settle.retry", error=str(exc)[:300], retry_in_s=delay)
+                    await clock.sleep(delay)
+        if scope.cancelled_caught:
+            log.error("settle.failed", entries=entries, deadline_s=SETTLE_DEADLINE_S)
 
     async def hand_back(self, entries: Sequence[Entry]) -> int:
         """Re-queue unsent entries still pending on this consumer at the stream's tail,
