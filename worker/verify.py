@@ -40,7 +40,7 @@ log = get_logger("verify")
 
 
 @runtime_checkable
-class Poller(Protocol):
+class PollClient(Protocol):
     """The seam to ``PollTaskResult`` (a :class:`~worker.client.DomainClient` in production)."""
 
     async def poll_task_result(
@@ -142,7 +142,7 @@ class Verifier:
 
     def __init__(
         self,
-        poller: Poller,
+        poller: PollClient,
         *,
         max_pages: int,
         page_size: int,
@@ -240,7 +240,7 @@ def make_verifier(
 ) -> Verifier | None:
     """A verifier for one account's client, or None when ``verify_shortfall`` is off or the
     client cannot poll (a test's scripted API)."""
-    if not settings.verify_shortfall or not isinstance(client, Poller):
+    if not settings.verify_shortfall or not isinstance(client, PollClient):
         return None
     return Verifier(
         client,

@@ -1,0 +1,412 @@
+"""Verified reconciliation against the real stand-in: the Verifier's queries, then a worker
+whose batches come up short because the stand-in drops confirmations (``drop_rate``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+import structlog
+from redis.asyncio import Redis
+
+from tests.conftest import RedisServer
+from tests.harness import (
+    FAST_POLICY,
+    TEST_CREDENTIALS,
+    drained,
+    make_settings,
+    running_worker,
+    stream_fields,
+    wait_for,
+)
+from worker.client import AckResult, DomainClient, PollPage
+from worker.entries import Batch, Entry
+from worker.errors import ServerError
+from worker.keys import Keys
+from worker.limiter import LimiterReply, RateLimiter
+from worker.mockapi.server import MockApi, serve_mock_api
+from worker.producer import enqueue
+from worker.reconcile_list import list_reconcile, record_json
+from worker.verify import Check, Verifier, make_verifier
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[MockApi]:
+    async with serve_mock_api(fault_seed=11) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(api: MockApi) -> AsyncIterator[DomainClient]:
+    async with DomainClient(endpoint=api.url, credentials=TEST_CREDENTIALS, pool_size=4) as c:
+        yield c
+
+
+class CountingLimiter(RateLimiter):
+    """The real shared limiter, counting what the verifier asks of it."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        super().__init__(redis, Keys(prefix).limiter, 1000.0)
+        self.acquired = 0
+        self.throttles = 0
+
+    async def acquire(self) -> float:
+        self.acquired += 1
+        return await super().acquire()
+
+    async def throttled(self, retry_after_s: float | None) -> LimiterReply:
+        self.throttles += 1
+        return await super().throttled(retry_after_s)
+
+
+def batch_of(
+    numbers: Sequence[str], *, task_no: str | None = None, domain: str | None = None
+) -> Batch:
+    batch = Batch("b-1")
+    for i, number in enumerate(numbers):
+        batch.add(Entry(f"1-{i}".encode(), number, task_no, domain))
+    return batch
+
+
+def verifier(client: DomainClient, *, max_pages: int = 5, page_size: int = 1000) -> Verifier:
+    return Verifier(client, max_pages=max_pages, page_size=page_size, policy=FAST_POLICY)
+
+
+def polls(api: MockApi) -> int:
+    by_action: dict[str, int] = api.stats()["requests_by_action"]  # type: ignore[assignment]
+    return by_action.get("PollTaskResult", 0)
+
+
+def acks(api: MockApi) -> int:
+    by_action: dict[str, int] = api.stats()["requests_by_action"]  # type: ignore[assignment]
+    return by_action.get("AcknowledgeTaskResult", 0)
+
+
+# --- the Verifier ------------------------------------------------------------------------
+
+
+async def test_one_task_no_query_per_task_places_every_number(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    api.state.seed_random(300)  # others' results, which a filtered query never pages through
+    t1 = api.state.seed_random(6, task_no="T-1")
+    t2 = api.state.seed_random(4, task_no="T-2")
+    api.state.acknowledge([t1[0], t1[3], t2[1]])
+    stranger = f"{7:032x}"  # carries T-1 but the API does not know it
+    batch = batch_of([*t1, stranger], task_no="T-1")
+    for number in t2:
+        batch.add(Entry(b"2-" + number.encode(), number, "T-2", "example.org"))
+    limiter = CountingLimiter(redis, prefix)
+    check = await verifier(client, page_size=5).check(batch, limiter)
+    assert check.error is None
+    assert check.listed == [t1[1], t1[2], t1[4], t1[5], t2[0], t2[2], t2[3]]
+    assert check.not_listed == [t1[0], t1[3], stranger, t2[1]]
+    assert check.unknown == []
+    # T-1 lists 4 results (one page of 5), T-2 lists 3: one page each, each behind the limiter.
+    assert (check.pages, polls(api), limiter.acquired) == (2, 2, 2)
+
+
+async def test_domain_query_for_numbers_without_a_task(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    api.state.seed_random(50)
+    mine = api.state.seed_random(5, domain="shop.example")
+    api.state.acknowledge(mine[:2])
+    check = await verifier(client).check(
+        batch_of(mine, domain="shop.example"), CountingLimiter(redis, prefix)
+    )
+    assert (check.listed, check.not_listed, check.unknown) == (mine[2:], mine[:2], [])
+    assert check.pages == 1
+
+
+async def test_unfiltered_scan_reads_to_the_last_page_within_the_budget(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    seeded = api.state.seed_random(28)
+    api.state.acknowledge(seeded[:3])
+    batch = batch_of([seeded[0], seeded[1], seeded[27]])  # the last one is on page 3
+    check = await verifier(client, max_pages=5, page_size=10).check(
+        batch, CountingLimiter(redis, prefix)
+    )
+    assert (check.listed, check.not_listed, check.unknown) == ([seeded[27]], seeded[:2], [])
+    assert check.pages == 3
+
+
+async def test_a_scan_stops_once_every_number_is_found(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    seeded = api.state.seed_random(100)
+    check = await verifier(client, page_size=10).check(
+        batch_of(seeded[:3]), CountingLimiter(redis, prefix)
+    )
+    assert (check.listed, check.pages) == (seeded[:3], 1)
+
+
+async def test_budget_exhausted_leaves_numbers_unknown(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    seeded = api.state.seed_random(100)
+    api.state.acknowledge([seeded[1]])
+    batch = batch_of([seeded[0], seeded[1], seeded[95]])
+    check = await verifier(client, max_pages=2, page_size=10).check(
+        batch, CountingLimiter(redis, prefix)
+    )
+    # Found on page 1: listed. Not found within two of ten pages: maybe listed later, so
+    # neither acknowledged nor not listed can be claimed.
+    assert (check.listed, check.not_listed) == ([seeded[0]], [])
+    assert check.unknown == [seeded[1], seeded[95]]
+    assert (check.pages, polls(api)) == (2, 2)
+    assert not check.failed
+
+    nothing = await verifier(client, max_pages=1, page_size=10).check(
+        batch_of([seeded[95]]), CountingLimiter(redis, prefix)
+    )
+    assert nothing.failed
+    assert nothing.unknown == [seeded[95]]
+
+
+class ShiftingPoller:
+    """Acknowledges ``remove`` at the stand-in right after page 1 is first served, as
+    another worker would: every later result moves one place towards page 1."""
+
+    def __init__(self, client: DomainClient, api: MockApi, remove: str) -> None:
+        self._client = client
+        self._api = api
+        self._remove: str | None = remove
+        self.pages: list[int] = []
+
+    async def poll_task_result(
+        self,
+        page_num: int,
+        page_size: int,
+        *,
+        task_no: str | None = None,
+        domain_name: str | None = None,
+        task_result_status: int | None = None,
+    ) -> PollPage:
+        self.pages.append(page_num)
+        page = await self._client.poll_task_result(page_num, page_size)
+        if self._remove is not None:
+            self._api.state.acknowledge([self._remove])
+            self._remove = None
+        return page
+
+
+async def test_a_listing_that_moves_between_pages_is_read_again(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    seeded = api.state.seed_random(15)
+    target = seeded[10]  # first on page 2; after the shift, last on page 1
+    poller = ShiftingPoller(client, api, remove=seeded[0])
+    check = await Verifier(poller, max_pages=5, page_size=10, policy=FAST_POLICY).check(
+        batch_of([target]), CountingLimiter(redis, prefix)
+    )
+    # Page 2 no longer holds it and says the total fell from 15 to 14: read from page 1 again.
+    assert poller.pages == [1, 2, 1]
+    assert check.listed == [target]
+
+
+async def test_api_errors_fail_the_check_after_retries(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    seeded = api.state.seed_random(5)
+    api.faults.update({"error_rate": 1.0})
+    limiter = CountingLimiter(redis, prefix)
+    check = await verifier(client).check(batch_of(seeded), limiter)
+    assert check.failed
+    assert check.error is not None
+    assert check.error.startswith(("ServiceUnavailable", "Internal"))
+    assert check.unknown == seeded
+    assert polls(api) == FAST_POLICY.max_attempts == limiter.acquired
+
+    api.faults.update({"error_rate": 0.0, "throttle_rate": 1.0})
+    limiter = CountingLimiter(redis, prefix)
+    check = await verifier(client).check(batch_of(seeded), limiter)
+    assert check.failed
+    assert "Throttling" in str(check.error)
+    assert limiter.throttles == FAST_POLICY.max_attempts
+
+
+async def test_no_verifier_when_off_or_when_the_client_cannot_poll(client: DomainClient) -> None:
+    settings = make_settings("redis://127.0.0.1:1/0", "p")
+    assert isinstance(make_verifier(settings, client, policy=FAST_POLICY), Verifier)
+    off = make_settings("redis://127.0.0.1:1/0", "p", verify_shortfall=False)
+    assert make_verifier(off, client, policy=FAST_POLICY) is None
+    assert make_verifier(settings, object(), policy=FAST_POLICY) is None
+
+
+# --- a worker against dropped confirmations ----------------------------------------------
+
+
+async def seed_tasks(api: MockApi, redis: Redis, prefix: str, tasks: int, each: int) -> list[str]:
+    """``tasks`` tasks of ``each`` results at the stand-in, enqueued with their task_no."""
+    numbers: list[str] = []
+    for t in range(tasks):
+        ids = api.state.seed_random(each, task_no=f"T-{t}")
+        await enqueue(redis, Keys(prefix), ids, task_no=f"T-{t}")
+        numbers += ids
+    return numbers
+
+
+async def records(redis: Redis, prefix: str) -> list[dict[str, str]]:
+    return await stream_fields(redis, Keys(prefix).reconcile)
+
+
+async def test_verification_confirms_every_number_the_stand_in_dropped(
+    redis_server: RedisServer, redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    numbers = await seed_tasks(api, redis, prefix, tasks=4, each=50)
+    api.faults.update({"drop_rate": 0.3})
+    settings = make_settings(redis_server.url, prefix, endpoint=api.url, batch_size=20)
+    with structlog.testing.capture_logs() as logs:
+        async with running_worker(settings, redis, client) as worker:
+            await wait_for(lambda: drained(redis, prefix), timeout_s=60, what="backlog settled")
+    assert api.state.pending_count == 0
+    assert set(numbers) <= set(api.state.confirmed_ids())
+    assert int(api.stats()["dropped_confirmations"]) > 0  # type: ignore[call-overload]
+    found = await records(redis, prefix)
+    assert found, "a 30% drop rate left no batch short"
+    assert all(r["verified"] == "true" for r in found)
+    assert all(json.loads(r["ids"]) == [] and r["shortfall"] == "0" for r in found)
+    assert await redis.xlen(Keys(prefix).dead) == 0
+    assert (worker.totals.confirmed, worker.totals.shortfall) == (200, 0)
+    verified = [e for e in logs if e["event"] == "reconcile.verified"]
+    assert verified
+    assert all(e["unknown"] == 0 for e in verified)
+    assert sum(e["listed"] for e in verified) > 0
+    # Exactly one batch.settled per batch, re-sent remainders included.
+    settled = [e["batch_id"] for e in logs if e["event"] == "batch.settled"]
+    assert len(settled) == len(set(settled)) == worker.totals.batches
+
+    # Verified numbers are remembered: duplicates settle without a request.
+    api.faults.update({"drop_rate": 0.0})
+    before = acks(api)
+    await enqueue(redis, Keys(prefix), numbers)
+    async with running_worker(settings, redis, client) as again:
+        await wait_for(lambda: drained(redis, prefix), timeout_s=30, what="duplicates settled")
+    assert again.totals.duplicates == len(numbers)
+    assert acks(api) == before
+
+
+async def test_without_verification_the_whole_batch_is_recorded(
+    redis_server: RedisServer, redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    numbers = await seed_tasks(api, redis, prefix, tasks=2, each=20)
+    api.faults.update({"drop_rate": 0.5})
+    settings = make_settings(
+        redis_server.url, prefix, endpoint=api.url, batch_size=20, verify_shortfall=False
+    )
+    async with running_worker(settings, redis, client) as worker:
+        await wait_for(lambda: drained(redis, prefix), timeout_s=60, what="backlog settled")
+    assert polls(api) == 0
+    left = set(api.state.pending_ids())
+    assert left, "with a 50% drop rate some number should have been dropped twice"
+    found = await records(redis, prefix)
+    assert found
+    assert all(r["verified"] == "false" for r in found)
+    listed = {n for r in found for n in json.loads(r["ids"])}
+    assert left <= listed
+    assert all(len(json.loads(r["ids"])) == int(r["submitted"]) for r in found)
+    assert worker.totals.shortfall == len(left)
+    assert set(numbers) - left <= set(api.state.confirmed_ids())
+
+
+async def test_numbers_still_listed_after_every_round_are_dead_lettered_unconfirmed(
+    redis_server: RedisServer, redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    numbers = await seed_tasks(api, redis, prefix, tasks=1, each=4)
+    api.faults.update({"drop_rate": 1.0})
+    settings = make_settings(redis_server.url, prefix, endpoint=api.url, linger_ms=200)
+    with structlog.testing.capture_logs() as logs:
+        async with running_worker(settings, redis, client) as worker:
+            await wait_for(lambda: drained(redis, prefix), timeout_s=30, what="backlog settled")
+    rounds = settings.max_attempts
+    # The first request and its resend, then a request and its resend per round; one page
+    # per check: after the first answers and after each round.
+    assert (acks(api), polls(api)) == (2 + 2 * rounds, 1 + rounds)
+    dead = await stream_fields(redis, Keys(prefix).dead)
+    assert sorted(d["id"] for d in dead) == sorted(numbers)
+    assert {d["reason"] for d in dead} == {"unconfirmed"}
+    assert all(d["task_no"] == "T-0" for d in dead)
+    assert worker.totals.dead["unconfirmed"] == 4
+    [record] = await records(redis, prefix)
+    assert record["verified"] == "true"
+    assert json.loads(record["unconfirmed"]) == json.loads(record["ids"]) == numbers
+    assert (record["rounds"], record["confirmed"], record["shortfall"]) == (str(rounds), "0", "4")
+    assert [e["round"] for e in logs if e["event"] == "reconcile.verified"] == [0, 1, 2, 3]
+
+    # ``ackworker reconcile list`` shows the verified fields.
+    rows, _ = await list_reconcile(redis, Keys(prefix), 10)
+    shown = record_json(rows[0])
+    assert shown["verified"] is True
+    assert shown["unconfirmed"] == numbers
+    assert shown["unknown"] == []
+    assert (shown["rounds"], shown["elsewhere"]) == (rounds, 0)
+
+
+async def test_numbers_the_api_does_not_know_are_named_and_not_remembered(
+    redis_server: RedisServer, redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    known = api.state.seed_random(6)
+    strangers = [f"{i:032x}" for i in range(1, 3)]
+    await enqueue(redis, Keys(prefix), known + strangers)
+    settings = make_settings(redis_server.url, prefix, endpoint=api.url, linger_ms=200)
+    async with running_worker(settings, redis, client) as worker:
+        await wait_for(lambda: drained(redis, prefix), timeout_s=30, what="backlog settled")
+    [record] = await records(redis, prefix)
+    # Not listed: confirmed by these answers or unknown to the API, which cannot say which
+    # two of the eight; all eight are named, none remembered.
+    assert record["verified"] == "true"
+    assert sorted(json.loads(record["ids"])) == sorted(known + strangers)
+    assert (record["elsewhere"], record["unconfirmed"], record["unknown"]) == ("2", "[]", "[]")
+    assert (worker.totals.confirmed, worker.totals.shortfall) == (6, 2)
+
+    before = acks(api)
+    await enqueue(redis, Keys(prefix), strangers)
+    async with running_worker(settings, redis, client):
+        await wait_for(lambda: drained(redis, prefix), timeout_s=30, what="strangers settled")
+    assert acks(api) > before  # sent again: a number the API did not know is not remembered
+
+
+class PollBreaks:
+    """Acknowledges through the stand-in; every poll fails."""
+
+    def __init__(self, client: DomainClient) -> None:
+        self._client = client
+
+    async def acknowledge(self, ids: Sequence[str]) -> AckResult:
+        return await self._client.acknowledge(ids)
+
+    async def poll_task_result(self, page_num: int, page_size: int, **filters: Any) -> PollPage:
+        raise ServerError("InternalError", "poll is down", http_status=500)
+
+
+async def test_a_failed_verification_falls_back_to_the_whole_batch(
+    redis_server: RedisServer, redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    known = api.state.seed_random(3)
+    stranger = f"{9:032x}"
+    await enqueue(redis, Keys(prefix), [*known, stranger])
+    settings = make_settings(redis_server.url, prefix, endpoint=api.url, linger_ms=200)
+    with structlog.testing.capture_logs() as logs:
+        async with running_worker(settings, redis, PollBreaks(client)) as worker:
+            await wait_for(lambda: drained(redis, prefix), timeout_s=30, what="backlog settled")
+    [record] = await records(redis, prefix)
+    assert record["verified"] == "false"
+    assert json.loads(record["ids"]) == [*known, stranger]
+    assert "unconfirmed" not in record
+    assert worker.totals.shortfall == 1
+    failed = [e for e in logs if e["event"] == "reconcile.verify_failed"]
+    assert len(failed) == 1
+    assert "InternalError" in failed[0]["error"]
+
+
+def test_a_check_that_learnt_nothing_failed() -> None:
+    assert Check().failed
+    assert Check(unknown=["a"]).failed
+    assert not Check(not_listed=["a"], unknown=["b"]).failed
+    assert Check(listed=["a"], error="boom").failed
