@@ -26,6 +26,7 @@ from chaos import (
     credentials,
     overload,
     poison,
+    poller_crash,
     redis_restart,
     security,
     soak,
@@ -44,6 +45,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     overload.SCENARIO,
     soak.SCENARIO,
     security.SCENARIO,
+    poller_crash.SCENARIO,
 )
 DEFAULT_OUT = REPO / "docs" / "reliability.md"
 
