@@ -36,7 +36,7 @@ from worker.retry import RetryPolicy
 from worker.settle import Settlement, Settler
 from worker.source import entry_dead_letter
 from worker.stats import Totals
-from worker.verify import UNCHECKED, Verifier
+from worker.verify import Verifier
 
 log = get_logger("processor")
 
@@ -277,13 +277,11 @@ class Processor:
         """Check the open numbers; True when some are still listed and rounds are left."""
         d = self._d
         if d.verifier is None:
-            case.absorb(UNCHECKED)
+            case.unchecked()
             return False
         async with d.send_slots:  # a page in flight counts like a send
             check = await d.verifier.check(case.batch.subset(case.open), d.limiter)
         case.absorb(check)
-        event = "reconcile.verify_failed" if check.failed else "reconcile.verified"
-        log.info(event, batch_id=case.batch.batch_id, round=case.rounds, **check.counts())
         return bool(case.open) and case.rounds < d.policy.max_attempts
 
     async def _dead_letter(

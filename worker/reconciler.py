@@ -19,10 +19,13 @@ from typing import Any, Protocol
 import orjson
 
 from worker.entries import Batch
+from worker.logs import get_logger
 from worker.settle import Settlement
 from worker.source import entry_dead_letter
 from worker.stats import Totals
 from worker.verify import Check
+
+log = get_logger("reconciler")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +164,13 @@ class Resolution:
         return cls(batch, verdict.confirmed, verdict.confirmed, batch.numbers)
 
     def absorb(self, check: Check) -> None:
-        """Place the open numbers by what a check of them learnt."""
+        """Place the open numbers by what a check of them learnt; log the check."""
+        where = {"batch_id": self.batch.batch_id, "round": self.rounds, **check.counts()}
         if check.failed:
-            self.unknown += self.open
-            self.open = []
+            log.warning("reconcile.verify_failed", **where)
+            self.unchecked()
             return
+        log.info("reconcile.verified", **where)
         self.verified = True
         if not check.unknown and len(check.not_listed) == self.answered:
             self.confirmed += check.not_listed
@@ -174,6 +179,11 @@ class Resolution:
             self.elsewhere += max(0, len(check.not_listed) - self.answered)
         self.unknown += check.unknown
         self.open = check.listed
+
+    def unchecked(self) -> None:
+        """The open numbers stay unplaced (no verifier, or a check that learnt nothing)."""
+        self.unknown += self.open
+        self.open = []
 
     def next_round(self) -> Batch:
         """The open numbers as a batch of their own, ``<batch_id>.v<round>``."""

@@ -90,10 +90,6 @@ class Check:
         }
 
 
-UNCHECKED = Check(error="not verified")
-"""The check of a batch nobody asked ``PollTaskResult`` about (no verifier)."""
-
-
 def _first(entries: list[Entry], name: str) -> str | None:
     return next((v for e in entries if (v := getattr(e, name))), None)
 
