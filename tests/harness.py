@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,6 +15,7 @@ import anyio.lowlevel
 from worker.client import AckResult
 from worker.credentials import Credentials, CredentialSource
 from worker.keys import Keys
+from worker.lanes import AccountParts
 from worker.redis_conn import RedisClient
 from worker.retry import RetryPolicy
 from worker.runner import Worker, WorkerParts
@@ -113,8 +114,12 @@ async def running_worker(
     *,
     policy: RetryPolicy = FAST_POLICY,
     reload_credentials: Callable[[], None] | None = None,
+    accounts: Mapping[str, AccountParts] | None = None,
 ) -> AsyncIterator[Worker]:
-    """Run a worker until the block ends, then drain it and wait for it to stop."""
+    """Run a worker until the block ends, then drain it and wait for it to stop.
+
+    ``client`` serves the default account; ``accounts`` the named ones in ``settings``.
+    """
     parts = WorkerParts(
         redis=redis,
         client=client,
@@ -122,6 +127,7 @@ async def running_worker(
         policy=policy,
         reload_credentials=reload_credentials,
         rng=random.Random(7),
+        accounts=accounts or {},
     )
     worker = Worker(settings, parts)
     async with anyio.create_task_group() as tg:

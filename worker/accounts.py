@@ -166,7 +166,8 @@ def _credentials(
     token_env = body.get("security_token_env")
     token = environ.get(token_env) or None if isinstance(token_env, str) else None
     creds = Credentials(values["access_key_id_env"], values["access_key_secret_env"], token)
-    return CredentialSource("environment", captured=creds)
+    used = tuple(str(v) for v in (id_env, secret_env, token_env if token else None) if v)
+    return CredentialSource("environment", captured=creds, variables=used)
 
 
 def client_for(

@@ -74,6 +74,8 @@ class CredentialSource:
     captured: Credentials | None = None
     path: str | None = None
     profile: str = DEFAULT_PROFILE
+    # The variables an ``environment`` source was read from, when not the standard ones.
+    variables: tuple[str, ...] = ()
 
     def load(self) -> Credentials:
         """Validate and return the credentials; raise ConfigError naming what is wrong."""
@@ -89,6 +91,8 @@ class CredentialSource:
         """One line for operators, e.g. ``environment (ALIBABA_CLOUD_ACCESS_KEY_ID)``."""
         if self.kind == "file":
             return f"file:{self.path} [profile {self.profile}]"
+        if self.variables:
+            return f"environment ({', '.join(self.variables)})"
         names = [ENV_ACCESS_KEY_ID]
         if self.captured is not None and self.captured.security_token is not None:
             names.append(ENV_SECURITY_TOKEN)

@@ -61,6 +61,8 @@ class Intake:
         self._assembler = BatchAssembler(config.batch_size, config.linger_ms, config.consumer)
         self._next_claim = 0.0
         self._redis_failures = 0
+        # The newest stream id deferred since the stream last went round (see _defer).
+        self._deferred_mark: tuple[int, int] | None = None
 
     async def run(self) -> None:
         """Loop until ``stopping`` is set; then send the open batch and close the stream."""
@@ -123,17 +125,28 @@ class Intake:
         for batch in self._assembler.feed(kept, self._clock.monotonic()):
             await self._batches[batch.account].send(batch)
         if deferred:
-            await self._defer(deferred, waiting=not kept)
+            await self._defer(deferred)
 
-    async def _defer(self, entries: list[Entry], *, waiting: bool) -> None:
+    async def _defer(self, entries: list[Entry]) -> None:
         """Hand entries of full accounts back to the stream's tail, where any consumer reads
-        them later; when nothing else was read, wait (bounded) for their account's room."""
+        them later.
+
+        Reading on at once lets the entries of other accounts behind them flow. The first
+        deferral notes the stream's newest id; once an entry newer than that comes back
+        deferred, the stream has gone round (hand-backs land after everything that was in
+        it): then wait, bounded, for room, so a stream holding nothing but full accounts'
+        entries is not spun through.
+        """
+        newest = max(_stream_id(e.entry_id) for e in entries)
+        if self._deferred_mark is not None and newest > self._deferred_mark:
+            self._deferred_mark = None
+            with anyio.move_on_after(self._config.idle_block_ms / 1000.0):
+                await self._holdings.wait_for_room(entries[0].account)
+        if self._deferred_mark is None:
+            self._deferred_mark = _stream_id(await self._source.last_id() or b"0-0")
         moved = await self._source.hand_back(entries)
         accounts = sorted({e.account for e in entries})
         log.info("intake.deferred", count=len(entries), moved=moved, accounts=accounts)
-        if waiting:
-            with anyio.move_on_after(self._config.idle_block_ms / 1000.0):
-                await self._holdings.wait_for_room(accounts[0])
 
     async def _redis_down(self, exc: BaseException) -> None:
         if "NOGROUP" in str(exc):
@@ -154,3 +167,9 @@ class Intake:
             failures=self._redis_failures,
         )
         await self._clock.sleep(delay)
+
+
+def _stream_id(entry_id: bytes) -> tuple[int, int]:
+    """``b"<ms>-<seq>"`` as a pair that orders like the stream."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)

@@ -344,6 +344,16 @@ def describe_settings(settings: Settings) -> str:
         ("security_token", "unset" if creds.security_token is None else "***", ""),
         ("credentials", settings.credentials.describe(), ""),
     ]
+    for name, account in settings.accounts.items():
+        key_id = account.credentials.load().masked_key_id()
+        rows.append(
+            (
+                f"accounts.{name}",
+                f"{account.endpoint}, {account.rate_limit:g}/s, {account.signature}, key {key_id},"
+                f" {account.credentials.describe()}",
+                "",
+            )
+        )
     name_width = max(len(name) for name, _, _ in rows)
     value_width = max(len(value) for _, value, source in rows if source)
     lines = [

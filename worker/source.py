@@ -111,6 +111,11 @@ class StreamSource:
         """Move entries read but not taken on to the stream's tail; returns how many moved."""
         return await self._settler.hand_back(entries)
 
+    async def last_id(self) -> bytes | None:
+        """The id of the stream's newest entry; ``None`` when it is empty."""
+        rows: Any = await self._redis.xrevrange(self._keys.tasks, count=1)
+        return bytes(rows[0][0]) if rows else None
+
     async def read(self, count: int, block_ms: int | None) -> list[Entry]:
         """Read up to ``count`` new entries, blocking up to ``block_ms`` (None: not at all)."""
         args: list[str | int] = ["XREADGROUP", "GROUP", self._keys.group, self._config.consumer]
