@@ -29,6 +29,7 @@ from chaos import (
     poller_crash,
     redis_restart,
     security,
+    shortfall_storm,
     soak,
     storms,
 )
@@ -46,6 +47,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     soak.SCENARIO,
     security.SCENARIO,
     poller_crash.SCENARIO,
+    shortfall_storm.SCENARIO,
 )
 DEFAULT_OUT = REPO / "docs" / "reliability.md"
 

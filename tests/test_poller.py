@@ -521,6 +521,8 @@ async def test_a_second_signal_stops_at_once(
     assert await poller.wait(10) == 0
     assert poller.named("poll.stopping_now")
     assert poller.named("poll.stopped")
+    (cycle,) = poller.named("poll.cycle")  # the cancelled cycle still reports itself
+    assert (cycle["pages"], cycle["enqueued"]) == (0, 0)
     assert await redis.xlen(Keys(prefix).tasks) == 0
 
 

@@ -163,7 +163,8 @@ class Poller:
         return code
 
     async def cycle(self) -> CycleReport:
-        """One pass from page 1; logs one ``poll.cycle`` (and ``poll.failed`` if it failed)."""
+        """One pass from page 1; logs one ``poll.cycle`` (and ``poll.failed`` if it failed),
+        also when a second signal cancels it halfway."""
         clock = self._p.clock
         report = CycleReport(self._account.name, clock.monotonic())
         try:
@@ -174,9 +175,10 @@ class Poller:
             self._failed(report, "redis_unavailable", f"{type(exc).__name__}: {exc}"[:300])
         else:
             self.failures = 0
-        self.cycles += 1
-        self.enqueued += report.enqueued
-        log.info("poll.cycle", **report.fields(clock.monotonic()))
+        finally:
+            self.cycles += 1
+            self.enqueued += report.enqueued
+            log.info("poll.cycle", **report.fields(clock.monotonic()))
         return report
 
     async def _pages(self, report: CycleReport) -> None:
