@@ -22,7 +22,7 @@ import pytest
 import structlog
 from redis.asyncio import Redis
 
-from tests.conftest import PYTHON, REPO, RedisServer, worker_env
+from tests.conftest import PYTHON, REPO, RedisServer, free_port, worker_env
 from tests.harness import FAST_POLICY, TEST_CREDENTIALS, make_settings, stream_fields, wait_for
 from worker.accounts import Account, client_for
 from worker.credentials import CredentialSource
@@ -361,6 +361,22 @@ async def test_once_returns_1_when_its_cycle_failed_and_0_when_it_worked(
         api.verifier.replace_keys([MockKey("testid", "testsecret")])
         assert await poller.run(once=True) == 0
     assert await redis.xlen(Keys(prefix).tasks) == 4
+
+
+async def test_an_unreachable_redis_fails_the_cycle_not_the_poller(
+    redis_server: RedisServer, prefix: str, api: MockApi
+) -> None:
+    seed(api, 3)
+    settings = poll_settings(redis_server, prefix, api)
+    gone = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    try:
+        async with poller_for(settings, gone) as poller:
+            first = await poller.cycle()
+            second = await poller.cycle()
+    finally:
+        await gone.aclose()
+    assert (first.error, second.error) == ("redis_unavailable", "redis_unavailable")
+    assert poller.failures == 2
 
 
 # --- the command as a process ---------------------------------------------------------------
