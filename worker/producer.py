@@ -11,7 +11,7 @@ remembered (added again by the next poll), and every poller replica shares the m
 memory is time-bucketed like the dedupe memory (worker.dedupe): 12-byte digests in 4096
 small hashes ``<prefix>:polled:<bucket>:<shard>`` per ``ttl_s / 2`` bucket, each expiring
 ``ttl_s`` after its bucket ends, so a number is remembered for 1 to 1.5 times ``ttl_s``
-(about 16 bytes a number) and offered again after that if the service still returns it.
+(about 19 bytes a number) and offered again after that if the service still returns it.
 """
 
 from __future__ import annotations
