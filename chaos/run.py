@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chaos import (
+    accounts,
     clock_skew,
     crash,
     credentials,
@@ -48,6 +49,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     security.SCENARIO,
     poller_crash.SCENARIO,
     shortfall_storm.SCENARIO,
+    accounts.SCENARIO,
 )
 DEFAULT_OUT = REPO / "docs" / "reliability.md"
 
