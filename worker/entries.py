@@ -206,6 +206,13 @@ class Holdings:
         """True when holding ``capacity`` entries or more."""
         return self._capacity is not None and len(self._held) >= self._capacity
 
+    @property
+    def free(self) -> int:
+        """How many more entries fit before ``capacity`` (a large number without one)."""
+        if self._capacity is None:
+            return 1 << 30
+        return max(0, self._capacity - len(self._held))
+
     def full_for(self, account: str) -> bool:
         """True when ``account`` holds ``account_capacity`` entries or more."""
         cap = self._account_capacity

@@ -27,6 +27,8 @@ from worker.source import StreamSource
 
 log = get_logger("intake")
 
+READ_AHEAD_BATCHES = 4
+
 
 @dataclass(frozen=True, slots=True)
 class IntakeConfig:
@@ -96,7 +98,14 @@ class Intake:
             with anyio.move_on_after(self._block_ms() / 1000.0):
                 await self._holdings.wait_for_room()
             return
-        await self._take(await self._source.read(self._assembler.room, self._block_ms()))
+        await self._take(await self._source.read(self._read_count(), self._block_ms()))
+
+    def _read_count(self) -> int:
+        """Fill the open batch; from a backlog, read up to READ_AHEAD_BATCHES batches in one
+        XREADGROUP (one round trip instead of one per batch), within the prefetch bound."""
+        room = self._assembler.room
+        ahead = room + (READ_AHEAD_BATCHES - 1) * self._config.batch_size
+        return max(room, min(ahead, self._holdings.free))
 
     def _block_ms(self) -> int:
         now = self._clock.monotonic()
