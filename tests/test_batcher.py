@@ -64,9 +64,7 @@ accounts = st.sampled_from(["default", "eu", "cn"])
 @given(st.integers(min_value=1, max_value=8), st.lists(st.tuples(numbers, accounts), max_size=80))
 def test_batches_never_mix_accounts(size: int, data: list[tuple[str, str]]) -> None:
     assembler = BatchAssembler(size, linger_ms=100, consumer="c")
-    fed = [
-        Entry(entry_id=f"{i}-0".encode(), number=n, account=a) for i, (n, a) in enumerate(data)
-    ]
+    fed = [Entry(entry_id=f"{i}-0".encode(), number=n, account=a) for i, (n, a) in enumerate(data)]
     batches = assembler.feed(fed, 0.0) + assembler.take_open()
     for batch in batches:
         assert {e.account for e in batch.entries()} == {batch.account}

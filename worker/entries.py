@@ -93,6 +93,9 @@ def parse_row(entry_id: bytes, flat: list[bytes], delivered: int = 1) -> Entry |
     This is the per-entry hot path, so it scans the flat reply instead of building a dict.
     When a field repeats, the last value wins, as it would in a dict.
     """
+    if len(flat) == 2 and flat[0] == b"id" and _VALID_ID(flat[1]):
+        # What nearly every entry is: just the id (the producers' common case).
+        return Entry(entry_id, flat[1].decode("ascii"), delivered=delivered)
     value = task_no = domain = account = None
     for i in range(0, len(flat) - 1, 2):
         key = flat[i]
@@ -238,10 +241,22 @@ class Holdings:
 
     def add(self, entries: list[Entry]) -> None:
         """Record entries just read or claimed."""
+        self.admit(entries, bounded=False)
+
+    def admit(self, entries: list[Entry], *, bounded: bool = True) -> list[Entry]:
+        """Record ``entries`` except those of an account that holds ``account_capacity``
+        already (when ``bounded``); returns the ones refused."""
+        held, per_account, cap = self._held, self._per_account, self._account_capacity
+        refused: list[Entry] = []
         for e in entries:
-            if e.entry_id not in self._held:
-                self._per_account[e.account] += 1
-            self._held[e.entry_id] = e
+            if e.entry_id in held:
+                held[e.entry_id] = e
+            elif bounded and cap is not None and per_account[e.account] >= cap:
+                refused.append(e)
+            else:
+                per_account[e.account] += 1
+                held[e.entry_id] = e
+        return refused
 
     def discard(self, entries: list[Entry]) -> None:
         """Forget settled or handed-back entries."""

@@ -123,14 +123,8 @@ class Intake:
         # A claim can return an entry this process already holds (its idle time ran out
         # before the keeper refreshed it); it is being worked on, so it is not taken twice.
         entries = [e for e in entries if e.entry_id not in self._holdings]
-        kept: list[Entry] = []
-        deferred: list[Entry] = []
-        for entry in entries:
-            if self._holdings.full_for(entry.account):
-                deferred.append(entry)
-            else:
-                self._holdings.add([entry])
-                kept.append(entry)
+        deferred = self._holdings.admit(entries)
+        kept = [e for e in entries if e not in deferred] if deferred else entries
         for batch in self._assembler.feed(kept, self._clock.monotonic()):
             await self._batches[batch.account].send(batch)
         if deferred:
