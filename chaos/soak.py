@@ -2,8 +2,9 @@
 
 Faults per request: throttling 0.5%, 5xx 0.5%, resets 0.3%, HTML pages 0.3%, truncated
 answers 0.2%, hangs past the HTTP timeout 0.2%. Checks: nothing lost; each worker's RSS at
-the end at most 10% above its RSS after warm-up (a fifth of the numbers confirmed); no file
-descriptor leak (psutil's count at the end ≤ warm-up + 4).
+the end at most 10% above its RSS after warm-up (a fifth of the numbers confirmed; a reduced
+run allows 8 MB, see RSS_FLOOR_MB); no file descriptor leak (psutil's count at the end ≤
+warm-up + 4).
 
 asyncio tasks are not visible from outside the process. The proxies measured instead: the
 process's TCP connections and threads (a leaked request task holds a connection; a leaked
@@ -35,6 +36,10 @@ FAULTS = {
     "hang_rate": 0.002,
 }
 RSS_GROWTH = 0.10
+# A reduced run lasts about 4 s: warm-up comes under a second in, while the allocator's
+# arenas are still settling (+3 to +5 MB of 50 seen on unchanged code, so +10% flaked).
+# There a leak shows only beyond this floor; the full run (1M numbers) is the leak check.
+RSS_FLOOR_MB = {"full": 0.0, "reduced": 8.0}
 FD_SLACK = 4
 
 
@@ -70,7 +75,8 @@ def run(outcome: Outcome, workdir: Path, mode: Mode) -> None:
         + " (hang 3 s, HTTP timeout 2 s)"
     )
     outcome.checked = (
-        "invariant; re-submissions ≤ truncated answers × batch; RSS end ≤ warm-up + 10%;"
+        "invariant; re-submissions ≤ truncated answers × batch; RSS end ≤ warm-up + 10%"
+        f" (reduced: or + {RSS_FLOOR_MB['reduced']:g} MB);"
         f" fds end ≤ warm-up + {FD_SLACK}; threads and TCP connections not growing"
     )
     ids = numbers(count, "soak")
@@ -102,7 +108,11 @@ def run(outcome: Outcome, workdir: Path, mode: Mode) -> None:
     expect_invariant(outcome, ledger, resubmit_allowance=truncated * BATCH)
     for worker, before, after in zip(workers, warm, end, strict=True):
         growth = after.rss / before.rss - 1
-        outcome.expect(growth <= RSS_GROWTH, f"{worker.name} RSS grew {growth:.1%}")
+        allowed = max(RSS_GROWTH * before.rss, RSS_FLOOR_MB[mode] * 2**20)
+        outcome.expect(
+            after.rss - before.rss <= allowed,
+            f"{worker.name} RSS grew {growth:.1%} ({(after.rss - before.rss) / 2**20:.1f} MB)",
+        )
         outcome.expect(
             after.fds <= before.fds + FD_SLACK, f"{worker.name} fds {before.fds} → {after.fds}"
         )
