@@ -21,8 +21,10 @@ from tests.harness import (
     with_consumer,
 )
 from worker.client import AckResult
+from worker.entries import Entry
 from worker.keys import Keys
 from worker.producer import InvalidIdError, enqueue
+from worker.settle import Settler
 
 pytestmark = pytest.mark.anyio
 
@@ -197,3 +199,18 @@ async def test_prefetch_is_bounded_by_concurrency_and_batch_size(
         summary = await redis.xpending(keys.tasks, keys.group)
         assert summary["pending"] == len(worker.holdings) <= 50
     assert await backlog(redis, prefix) == 500
+
+
+async def test_a_hand_back_releases_only_its_own_batchs_lease(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, ["n1", "n1", "n2"])
+    read = await redis.xreadgroup(keys.group, "c1", {keys.tasks: ">"}, count=10)
+    ids = [entry_id for entry_id, _ in read[0][1]]
+    # n1 is in flight in batch b1; its duplicate was never reserved. n2's batch is b2.
+    await redis.hset(keys.inflight, mapping={"n1": "c1|b1|99999999999999", "n2": "c1|b2|9"})  # type: ignore[misc]
+    duplicate = Entry(ids[1], "n1")
+    own = Entry(ids[2], "n2", lease="b2")
+    moved = await Settler(redis, keys, dedupe_ttl_s=60, consumer="c1").hand_back([duplicate, own])
+    assert moved == 2
+    leases = await redis.hgetall(keys.inflight)  # type: ignore[misc]
+    assert leases == {b"n1": b"c1|b1|99999999999999"}  # b1's request still owns n1

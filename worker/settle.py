@@ -83,7 +83,7 @@ return 1
 _HAND_BACK = """
 local group, consumer = ARGV[1], ARGV[2]
 local moved = 0
-for j = 3, #ARGV, 2 do
+for j = 3, #ARGV, 3 do
   -- Only entries still pending on this consumer: one claimed away meanwhile is another's.
   local p = redis.call('XPENDING', KEYS[1], group, ARGV[j], ARGV[j], 1)
   if p[1] and p[1][2] == consumer then
@@ -91,9 +91,14 @@ for j = 3, #ARGV, 2 do
     redis.call('XADD', KEYS[1], '*', unpack(fields))
     redis.call('XACK', KEYS[1], group, ARGV[j])
     redis.call('XDEL', KEYS[1], ARGV[j])
-    local held = redis.call('HGET', KEYS[2], fields[2])
-    if held and string.sub(held, 1, #consumer + 1) == consumer .. '|' then
-      redis.call('HDEL', KEYS[2], fields[2])
+    -- Release only the lease of this entry's own batch ('consumer|batch|'): a duplicate of a
+    -- number another batch of ours is sending must leave that batch's lease alone.
+    local lease = ARGV[j + 2]
+    if lease ~= '' then
+      local held = redis.call('HGET', KEYS[2], fields[2])
+      if held and string.sub(held, 1, #lease) == lease then
+        redis.call('HDEL', KEYS[2], fields[2])
+      end
     end
     moved = moved + 1
   end
@@ -170,7 +175,8 @@ class Settler:
 
     async def hand_back(self, entries: Sequence[Entry]) -> int:
         """Re-queue unsent entries still pending on this consumer at the stream's tail,
-        acknowledge the originals and release their leases; returns how many moved."""
+        acknowledge the originals and release the leases their own batches took (an entry
+        never reserved releases none); returns how many moved."""
         if not entries:
             return 0
         args: list[bytes | str] = [self._keys.group, self._consumer]
@@ -182,7 +188,8 @@ class Settler:
                 fields["domain"] = e.domain
             if e.account != "default":
                 fields["account"] = e.account
-            args += (e.entry_id, _flat(fields))
+            lease = f"{self._consumer}|{e.lease}|" if e.lease else ""
+            args += (e.entry_id, _flat(fields), lease)
         keys = [self._keys.tasks, self._keys.inflight]
         moved = await self._hand_back(keys=keys, args=args)
         return int(moved)
