@@ -279,8 +279,8 @@ class Processor:
         if d.verifier is None:
             case.unchecked()
             return False
-        async with d.send_slots:  # a page in flight counts like a send
-            check = await d.verifier.check(case.batch.subset(case.open), d.limiter)
+        # The verifier takes a send slot per page in flight (see make_verifier).
+        check = await d.verifier.check(case.batch.subset(case.open), d.limiter)
         case.absorb(check)
         return bool(case.open) and case.rounds < d.policy.max_attempts
 

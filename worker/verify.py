@@ -21,10 +21,13 @@ A query stops early once every number it looks for was found listed.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+import anyio
 
 from worker.client import PollPage
 from worker.clock import SYSTEM_CLOCK, Clock
@@ -145,8 +148,11 @@ class Verifier:
         policy: RetryPolicy,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        slots: anyio.Semaphore | None = None,
     ) -> None:
         self._poller = poller
+        # The lane's send slots: a page in flight counts like a send, a back-off does not.
+        self._slots = slots
         self._max_pages = max_pages
         self._page_size = page_size
         self._policy = policy
@@ -205,11 +211,12 @@ class Verifier:
         failures = 0
         while True:
             failures += 1
-            await limiter.acquire()
             try:
-                return await self._poller.poll_task_result(
-                    page_num, self._page_size, task_no=query.task_no, domain_name=query.domain
-                )
+                async with self._slots or contextlib.nullcontext():
+                    await limiter.acquire()
+                    return await self._poller.poll_task_result(
+                        page_num, self._page_size, task_no=query.task_no, domain_name=query.domain
+                    )
             except ApiError as exc:
                 if isinstance(exc, ThrottledError):
                     await limiter.throttled(exc.retry_after_s)
@@ -233,6 +240,7 @@ def make_verifier(
     policy: RetryPolicy,
     clock: Clock = SYSTEM_CLOCK,
     rng: random.Random | None = None,
+    slots: anyio.Semaphore | None = None,
 ) -> Verifier | None:
     """A verifier for one account's client, or None when ``verify_shortfall`` is off or the
     client cannot poll (a test's scripted API)."""
@@ -245,4 +253,5 @@ def make_verifier(
         policy=policy,
         clock=clock,
         rng=rng,
+        slots=slots,
     )
