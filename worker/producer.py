@@ -76,13 +76,16 @@ for i = 5, #ARGV do
     end
   end
   if status == '0' then
+    -- The XADD first: a script stopped by an error keeps what it wrote before, and a number
+    -- remembered but never added would be skipped for a whole TTL; one added and not
+    -- remembered is only enqueued again (a duplicate the workers recognise).
+    redis.call('XADD', KEYS[1], '*', unpack(cjson.decode(ARGV[i])))
     local key = prefix .. current .. ':' .. shard
     redis.call('HSET', key, field, '1')
     if not expiring[key] then
       expiring[key] = true
       redis.call('EXPIREAT', key, expire_at)
     end
-    redis.call('XADD', KEYS[1], '*', unpack(cjson.decode(ARGV[i])))
   end
   out[#out + 1] = status
 end
