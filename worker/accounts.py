@@ -149,13 +149,19 @@ def _credentials(
             f"{label}: set credentials_file, or access_key_id_env and access_key_secret_env"
         )
     if path is not None:
+        if "security_token_env" in body:
+            raise ConfigError(f"{label}: security_token_env goes with the *_env keys only")
         if not isinstance(path, str) or not path:
             raise ConfigError(f"{label}: credentials_file must be a path")
         profile = body.get("credentials_profile", "default")
         if not isinstance(profile, str) or not profile:
             raise ConfigError(f"{label}: credentials_profile must be a profile name")
         return CredentialSource("file", path=path, profile=profile)
+    if "credentials_profile" in body:
+        raise ConfigError(f"{label}: credentials_profile goes with credentials_file only")
     names = {"access_key_id_env": id_env, "access_key_secret_env": secret_env}
+    if "security_token_env" in body:
+        names["security_token_env"] = body["security_token_env"]
     values: dict[str, str] = {}
     for key, variable in names.items():
         if not isinstance(variable, str) or not variable:
@@ -163,10 +169,9 @@ def _credentials(
         if not environ.get(variable):
             raise ConfigError(f"{label}: {key}: environment variable {variable} is not set")
         values[key] = environ[variable]
-    token_env = body.get("security_token_env")
-    token = environ.get(token_env) or None if isinstance(token_env, str) else None
+    token = values.get("security_token_env")
     creds = Credentials(values["access_key_id_env"], values["access_key_secret_env"], token)
-    used = tuple(str(v) for v in (id_env, secret_env, token_env if token else None) if v)
+    used = tuple(str(names[key]) for key in values)
     return CredentialSource("environment", captured=creds, variables=used)
 
 
