@@ -6,7 +6,8 @@ in one stream. First both accounts are calm (the baseline); then eu's stand-in a
 request with Throttling.User for a window; then it is calm again.
 
 What must hold: the default account's confirmations per second during eu's storm stay close
-to its baseline (one account's throttling slows no other); eu's own limiter was cut and
+to its baseline (one account's throttling slows no other); every entry was moved to its
+account's stream once (none went round again); eu's own limiter was cut and
 paused while the default account's never was; once the storm ends eu's backlog drains; and
 the invariant holds for both accounts, with no dead letters.
 """
@@ -120,6 +121,11 @@ def run(outcome: Outcome, workdir: Path, mode: Mode) -> None:
         eu_throttled = int(eu.stats()["errors_by_code"].get("Throttling.User", 0))
         eu.faults(throttle_rate=0.0)
         settle_s = rig.wait_drained(120, "both accounts' backlog after eu's storm")
+        with rig.client() as client:
+            added = {
+                name: int(client.xinfo_stream(rig.keys.account_stream(name))["entries-added"])
+                for name in ("default", "eu")
+            }
         stop_cleanly(outcome, *workers)
         no_tracebacks(outcome, *workers)
         with rig.client() as client:
@@ -132,6 +138,9 @@ def run(outcome: Outcome, workdir: Path, mode: Mode) -> None:
         f" before: {share:.0%} < {MIN_SHARE:.0%}",
     )
     outcome.expect(eu_throttled > 0, "eu's stand-in throttled nothing")
+    pushed = {"default": len(home_ids + home_more), "eu": len(eu_ids + eu_more)}
+    # Every entry moved to its account's stream exactly once, whatever eu's state.
+    outcome.expect(added == pushed, f"entries added to the account streams {added}, {pushed}")
     outcome.expect(eu_limiter.get("last_cut", 0) > 0, "eu's limiter was never cut")
     outcome.expect(home_limiter.get("last_cut", 0) == 0, "the default account's limiter was cut")
     for ledger in (home_ledger, eu_ledger):

@@ -45,8 +45,10 @@ class Rig:
             enqueue(client, self.keys, [{"id": n} for n in ids])
 
     def backlog(self) -> int:
+        """The input stream's entries and, with several accounts, their streams'."""
         with self.client() as client:
-            return int(client.xlen(self.keys.tasks))
+            streams = [self.keys.tasks, *client.scan_iter(f"{self.prefix}:tasks:*", _type="stream")]
+            return sum(int(client.xlen(s)) for s in streams)
 
     def drained(self) -> bool:
         return self.backlog() == 0

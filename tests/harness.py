@@ -64,8 +64,12 @@ async def wait_for(
 
 
 async def backlog(redis: RedisClient, prefix: str) -> int:
-    """Entries still in the task stream (new or pending)."""
-    return int(await redis.xlen(Keys(prefix).tasks))
+    """Entries still in the input stream and, with several accounts, their streams (new or
+    pending)."""
+    total = int(await redis.xlen(Keys(prefix).tasks))
+    async for key in redis.scan_iter(match=f"{prefix}:tasks:*", _type="stream"):
+        total += int(await redis.xlen(key))
+    return total
 
 
 async def drained(redis: RedisClient, prefix: str) -> bool:

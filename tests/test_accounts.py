@@ -109,12 +109,27 @@ def test_named_accounts_inherit_what_they_do_not_set(tmp_path: Path) -> None:
             '[accounts.eu]\ncredentials_file = "/x.ini"\naccess_key_id_env = "A"',
             "accounts.eu: set credentials_file, or access_key_id_env",
         ),
+        (
+            '[accounts.eu]\naccess_key_id_env = "EU_ID"\naccess_key_secret_env = "EU_S"\n'
+            'security_token_env = "EU_NO_TOKEN"',
+            "accounts.eu: security_token_env: environment variable EU_NO_TOKEN is not set",
+        ),
+        (
+            '[accounts.eu]\naccess_key_id_env = "EU_ID"\naccess_key_secret_env = "EU_S"\n'
+            "security_token_env = 3",
+            "accounts.eu: security_token_env must name an environment variable",
+        ),
+        (
+            '[accounts.eu]\naccess_key_id_env = "EU_ID"\naccess_key_secret_env = "EU_S"\n'
+            'credentials_profile = "x"',
+            "accounts.eu: credentials_profile goes with credentials_file only",
+        ),
     ],
 )
 def test_a_bad_account_stops_start_up_naming_it(tmp_path: Path, body: str, expected: str) -> None:
     path = config(tmp_path, body + "\n")
     with pytest.raises(ConfigError) as caught:
-        load_settings(path, ENV)
+        load_settings(path, {**ENV, "EU_ID": "LTAIeuexample0001", "EU_S": "s"})
     assert expected in str(caught.value)
     assert str(caught.value).startswith(path)
 
@@ -246,6 +261,13 @@ async def test_a_throttled_account_does_not_slow_the_other(
             await wait_for(lambda: drained(redis, prefix), timeout_s=60, what="eu to recover")
         assert set(eu.state.confirmed_ids()) == set(eu_numbers)
         assert await stream_fields(redis, keys.dead) == []
+        # Each entry was moved to its account's stream once: none went round and round.
+        for stream, count in (
+            (keys.account_stream("eu"), 300),
+            (keys.account_stream("default"), 300),
+        ):
+            info = await redis.xinfo_stream(stream)
+            assert info["entries-added"] == count, stream
 
 
 async def test_refused_credentials_pause_only_their_account(
@@ -347,3 +369,30 @@ async def test_a_real_worker_serves_accounts_from_its_config_file(
         assert sum(e["confirmed"] for e in settled if e["account"] == "eu") == 40
         assert set(eu.state.confirmed_ids()) == set(eu_numbers)
         assert set(home.state.confirmed_ids()) == set(home_numbers)
+
+
+async def test_entries_a_crashed_router_read_are_claimed_and_moved(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    async with (
+        serve_mock_api(fault_seed=1) as home,
+        serve_mock_api(keys=EU_KEYS, fault_seed=2) as eu,
+    ):
+        keys = Keys(prefix)
+        home_numbers = home.state.seed_random(30)
+        eu_numbers = eu.state.seed_random(30)
+        await enqueue(redis, keys, home_numbers)
+        await enqueue(redis, keys, eu_numbers, account="eu")
+        # A replica read them all and died before moving them: pending on the input stream.
+        read = await redis.xreadgroup(keys.group, "dead-router", {keys.tasks: ">"}, count=100)
+        assert len(read[0][1]) == 60
+        settings = two_account_settings(redis_server, prefix, home, eu)
+        async with (
+            clients(home, eu) as (home_client, eu_parts),
+            running_worker(settings, redis, home_client, accounts={"eu": eu_parts}),
+        ):
+            await wait_for(lambda: drained(redis, prefix), what="the claimed entries")
+        assert set(home.state.confirmed_ids()) == set(home_numbers)
+        assert set(eu.state.confirmed_ids()) == set(eu_numbers)
+        summary = await redis.xpending(keys.tasks, keys.group)
+        assert summary["pending"] == 0

@@ -8,7 +8,6 @@ raw bytes and are never decoded blindly, so an entry of binary garbage is report
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 
 import anyio
@@ -193,15 +192,12 @@ class Holdings:
     """Every entry this process has read and not yet settled, by stream id.
 
     It is what shutdown hands back, and with a ``capacity`` it is the prefetch bound: the
-    intake waits for room before reading more. ``account_capacity`` bounds each account on its
-    own, so one account whose requests are held up cannot fill the room the others need.
+    intake waits for room before reading more.
     """
 
-    def __init__(self, capacity: int | None = None, account_capacity: int | None = None) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
         self._held: dict[bytes, Entry] = {}
-        self._per_account: Counter[str] = Counter()
         self._capacity = capacity
-        self._account_capacity = account_capacity
         self._room: anyio.Event | None = None
 
     @property
@@ -216,15 +212,9 @@ class Holdings:
             return 1 << 30
         return max(0, self._capacity - len(self._held))
 
-    def full_for(self, account: str) -> bool:
-        """True when ``account`` holds ``account_capacity`` entries or more."""
-        cap = self._account_capacity
-        return cap is not None and self._per_account[account] >= cap
-
-    async def wait_for_room(self, account: str | None = None) -> None:
-        """Return once fewer than ``capacity`` entries are held (with ``account``: once that
-        account holds fewer than ``account_capacity``)."""
-        while self.full if account is None else self.full_for(account):
+    async def wait_for_room(self) -> None:
+        """Return once fewer than ``capacity`` entries are held."""
+        while self.full:
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
@@ -241,30 +231,15 @@ class Holdings:
 
     def add(self, entries: list[Entry]) -> None:
         """Record entries just read or claimed."""
-        self.admit(entries, bounded=False)
-
-    def admit(self, entries: list[Entry], *, bounded: bool = True) -> list[Entry]:
-        """Record ``entries`` except those of an account that holds ``account_capacity``
-        already (when ``bounded``); returns the ones refused."""
-        held, per_account, cap = self._held, self._per_account, self._account_capacity
-        refused: list[Entry] = []
+        held = self._held
         for e in entries:
-            if e.entry_id in held:
-                held[e.entry_id] = e
-            elif bounded and cap is not None and per_account[e.account] >= cap:
-                refused.append(e)
-            else:
-                per_account[e.account] += 1
-                held[e.entry_id] = e
-        return refused
+            held[e.entry_id] = e
 
     def discard(self, entries: list[Entry]) -> None:
         """Forget settled or handed-back entries."""
         for e in entries:
-            if self._held.pop(e.entry_id, None) is not None:
-                self._per_account[e.account] -= 1
-        if self._room is not None:
-            # Every waiter re-checks its own condition.
+            self._held.pop(e.entry_id, None)
+        if self._room is not None and not self.full:
             self._room.set()
             self._room = None
 

@@ -2,11 +2,9 @@
 
 Lingering is done by Redis: with a batch open, XREADGROUP blocks only for the time the batch
 has left, so no timer task exists and no entry ever waits in a cancellable hand-off between
-stages. :class:`~worker.entries.Holdings` is the prefetch bound, per account and in all: the
-intake reads nothing while the process holds its capacity, and an entry of an account that
-holds its share already is handed back to the stream's tail at once (``intake.deferred``)
-instead of being held, so one account whose requests are slowed (throttled, paused) never
-takes the room another account needs.
+stages. :class:`~worker.entries.Holdings` is the prefetch bound: the intake reads nothing
+while it holds its capacity. Each account's lane has its own intake on its own stream (see
+:mod:`worker.lanes`), so that bound is per account.
 """
 
 from __future__ import annotations
@@ -63,8 +61,6 @@ class Intake:
         self._assembler = BatchAssembler(config.batch_size, config.linger_ms, config.consumer)
         self._next_claim = 0.0
         self._redis_failures = 0
-        # The newest stream id deferred since the stream last went round (see _defer).
-        self._deferred_mark: tuple[int, int] | None = None
 
     async def run(self) -> None:
         """Loop until ``stopping`` is set; then send the open batch and close the stream."""
@@ -123,33 +119,11 @@ class Intake:
         # A claim can return an entry this process already holds (its idle time ran out
         # before the keeper refreshed it); it is being worked on, so it is not taken twice.
         entries = [e for e in entries if e.entry_id not in self._holdings]
-        deferred = self._holdings.admit(entries)
-        kept = [e for e in entries if e not in deferred] if deferred else entries
-        for batch in self._assembler.feed(kept, self._clock.monotonic()):
+        if not entries:
+            return
+        self._holdings.add(entries)
+        for batch in self._assembler.feed(entries, self._clock.monotonic()):
             await self._batches[batch.account].send(batch)
-        if deferred:
-            await self._defer(deferred)
-
-    async def _defer(self, entries: list[Entry]) -> None:
-        """Hand entries of full accounts back to the stream's tail, where any consumer reads
-        them later.
-
-        Reading on at once lets the entries of other accounts behind them flow. The first
-        deferral notes the stream's newest id; once an entry newer than that comes back
-        deferred, the stream has gone round (hand-backs land after everything that was in
-        it): then wait, bounded, for room, so a stream holding nothing but full accounts'
-        entries is not spun through.
-        """
-        newest = max(_stream_id(e.entry_id) for e in entries)
-        if self._deferred_mark is not None and newest > self._deferred_mark:
-            self._deferred_mark = None
-            with anyio.move_on_after(self._config.idle_block_ms / 1000.0):
-                await self._holdings.wait_for_room(entries[0].account)
-        if self._deferred_mark is None:
-            self._deferred_mark = _stream_id(await self._source.last_id() or b"0-0")
-        moved = await self._source.hand_back(entries)
-        accounts = sorted({e.account for e in entries})
-        log.info("intake.deferred", count=len(entries), moved=moved, accounts=accounts)
 
     async def _redis_down(self, exc: BaseException) -> None:
         if "NOGROUP" in str(exc):
@@ -170,9 +144,3 @@ class Intake:
             failures=self._redis_failures,
         )
         await self._clock.sleep(delay)
-
-
-def _stream_id(entry_id: bytes) -> tuple[int, int]:
-    """``b"<ms>-<seq>"`` as a pair that orders like the stream."""
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)

@@ -6,14 +6,20 @@ prefix lands in one hash slot and Lua scripts may touch several of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Key names derived from ``ACKWORKER_KEY_PREFIX``."""
+    """Key names derived from ``ACKWORKER_KEY_PREFIX``.
+
+    ``stream`` names the stream this set of keys reads (:attr:`tasks`): the input stream, or
+    with several accounts configured one account's stream (:meth:`for_account`). Every other
+    key is the same whatever the stream.
+    """
 
     prefix: str
+    stream: str = "tasks"
 
     @classmethod
     def for_prefix(cls, prefix: str, *, cluster: bool = False) -> Keys:
@@ -29,8 +35,22 @@ class Keys:
 
     @property
     def tasks(self) -> str:
-        """Stream of task-detail numbers to acknowledge (the input contract)."""
+        """The stream read: ``<prefix>:tasks`` (the input contract), or an account's stream."""
+        return f"{self.prefix}:{self.stream}"
+
+    @property
+    def input(self) -> str:
+        """The input stream producers write to, whatever :attr:`stream` is."""
         return f"{self.prefix}:tasks"
+
+    def account_stream(self, account: str) -> str:
+        """``<prefix>:tasks:<account>``: where, with several accounts configured, the input
+        stream's entries of ``account`` are moved to be acknowledged."""
+        return f"{self.prefix}:tasks:{account}"
+
+    def for_account(self, account: str) -> Keys:
+        """These keys reading :meth:`account_stream` of ``account``."""
+        return replace(self, stream=f"tasks:{account}")
 
     @property
     def dead(self) -> str:

@@ -12,7 +12,6 @@ PEL, where ``claim_idle_ms`` later another consumer claims them. Nothing is lost
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import signal
 from collections.abc import Awaitable, Callable, Mapping
@@ -41,6 +40,7 @@ from worker.observed import ObservedClient, ObservedLimiter
 from worker.processor import Acknowledger, Processor, ProcessorDeps
 from worker.redis_conn import REDIS_ERRORS, RedisClient, keys_for, open_redis
 from worker.retry import RetryPolicy
+from worker.router import Router
 from worker.settings import Settings
 from worker.settle import Settler
 from worker.source import SourceConfig, StreamSource, ensure_group
@@ -78,106 +78,109 @@ class Worker:
         self._s = settings
         self._p = parts
         self.totals = Totals()
-        # Per account about 2 x concurrency x batch_size: queued batches plus those being
-        # sent, plus one.
-        share = settings.batch_size * (2 * settings.concurrency + 1)
-        self.holdings = Holdings(share * len(settings.account_names), share)
         self._stopping = anyio.Event()
         self._hard = anyio.CancelScope()
         self._tg: TaskGroup | None = None
         self._pipeline_tg: TaskGroup | None = None
-        settler = Settler(
-            parts.redis, parts.keys, dedupe_ttl_s=settings.dedupe_ttl_s, consumer=settings.consumer
-        )
-        self._settler = settler
-        self._source = StreamSource(
-            parts.redis,
-            parts.keys,
-            settler,
-            SourceConfig(
-                settings.consumer,
-                settings.claim_idle_ms,
-                settings.max_attempts,
-                frozenset(settings.account_names),
-            ),
-            parts.clock,
-            self.totals,
-        )
-        self._lanes = {name: self._lane(name, settler) for name in settings.account_names}
+        names = settings.account_names
+        self._routed = len(names) > 1
+        self._lanes = {name: self._lane(name) for name in names}
         self.gate = self._lanes[DEFAULT_ACCOUNT].gate
+        self.holdings = self._lanes[DEFAULT_ACCOUNT].holdings
 
-    def _lane(self, account: str, settler: Settler) -> Lane:
-        p = self._p
+    @property
+    def held(self) -> int:
+        """Entries read and not settled, every lane together."""
+        return sum(len(lane.holdings) for lane in self._lanes.values())
+
+    def _source(self, keys: Keys, account: str | None = None) -> StreamSource:
+        """A source on ``keys.tasks``; with ``account``, one account's stream."""
+        s, p = self._s, self._p
+        settler = Settler(p.redis, keys, dedupe_ttl_s=s.dedupe_ttl_s, consumer=s.consumer)
+        accounts = frozenset(s.account_names)
+        config = SourceConfig(s.consumer, s.claim_idle_ms, s.max_attempts, accounts, account)
+        return StreamSource(p.redis, keys, settler, config, p.clock, self.totals)
+
+    def _lane(self, account: str) -> Lane:
+        s, p = self._s, self._p
         if account == DEFAULT_ACCOUNT:
             parts = AccountParts(p.client, p.reload_credentials)
         elif account in p.accounts:
             parts = p.accounts[account]
         else:
             raise ConfigError(f"account {account!r} is configured but has no API client")
+        if self._routed:
+            keys = p.keys.for_account(account)
+            source = self._source(keys, account)
+        else:
+            # One account: the lane reads the input stream and checks every entry's account.
+            keys = p.keys
+            source = self._source(keys)
         gate = SendGate(p.policy, p.clock, parts.reload_credentials or (lambda: None))
-        lane: Lane | None = None
-
-        def spawn(batch: Batch) -> None:
-            assert lane is not None
-            self._spawn_recheck(lane, batch)
-
-        lane = Lane(account, gate, Processor(self._deps(settler, account, parts, gate, spawn)))
+        # About 2 x concurrency x batch_size: queued batches plus those being sent, plus one.
+        holdings = Holdings(s.batch_size * (2 * s.concurrency + 1))
+        lane = Lane(account, keys, gate, source.settler, source, holdings)
+        lane.processor = Processor(self._deps(lane, parts))
         return lane
 
-    def _deps(
-        self,
-        settler: Settler,
-        account: str,
-        parts: AccountParts,
-        gate: SendGate,
-        spawn: Callable[[Batch], None],
-    ) -> ProcessorDeps:
+    def _deps(self, lane: Lane, parts: AccountParts) -> ProcessorDeps:
         s, p = self._s, self._p
-        settings = s.account(account)
-        assert settings is not None
+        account = s.account(lane.account)
+        assert account is not None
+        slots = anyio.Semaphore(s.concurrency)
+        verifier = make_verifier(
+            s, parts.client, policy=p.policy, clock=p.clock, rng=p.rng, slots=slots
+        )
         return ProcessorDeps(
             dedupe=Dedupe(
                 p.redis, p.keys, s.consumer, DedupeConfig(s.dedupe_ttl_s, s.claim_idle_ms)
             ),
             limiter=ObservedLimiter(
                 p.redis,
-                p.keys.limiter_for(account),
-                settings.rate_limit,
+                p.keys.limiter_for(lane.account),
+                account.rate_limit,
                 p.clock,
                 totals=self.totals,
-                account=account,
+                account=lane.account,
             ),
             client=ObservedClient(parts.client, self.totals, p.clock),
-            settler=settler,
-            gate=gate,
+            settler=lane.settler,
+            gate=lane.gate,
             policy=p.policy,
-            holdings=self.holdings,
+            holdings=lane.holdings,
             totals=self.totals,
-            spawn=spawn,
-            send_slots=anyio.Semaphore(s.concurrency),
+            spawn=lambda batch: self._spawn_recheck(lane, batch),
+            send_slots=slots,
             clock=p.clock,
             rng=p.rng,
-            verifier=make_verifier(s, parts.client, policy=p.policy, clock=p.clock, rng=p.rng),
+            verifier=verifier,
         )
 
     def view(self) -> WorkerView:
         """A read-only view of this worker's state, for ``worker.stats`` and ``/metrics``."""
         p = self._p
+        routed = tuple(lane.keys.tasks for lane in self._lanes.values()) if self._routed else ()
         return WorkerView(
             p.redis,
             p.keys,
             self.totals,
-            self.holdings,
+            _Held(self),
             self.gate,
             self._stopping,
             self._s.rate_limit,
             gates={name: lane.gate for name, lane in self._lanes.items()},
+            account_streams=routed,
         )
 
-    def _keeper(self) -> Keeper:
+    def _keeper(self, lane: Lane) -> Keeper:
         p, s = self._p, self._s
         return Keeper(
-            p.redis, p.keys, s.consumer, self.holdings, claim_idle_ms=s.claim_idle_ms, clock=p.clock
+            p.redis,
+            lane.keys,
+            s.consumer,
+            lane.holdings,
+            claim_idle_ms=s.claim_idle_ms,
+            clock=p.clock,
         )
 
     def _heartbeat(self) -> Heartbeat:
@@ -192,18 +195,18 @@ class Worker:
             "confirmed": self.totals.confirmed,
             "duplicates": self.totals.duplicates,
             "dead": sum(self.totals.dead.values()),
-            "held": len(self.holdings),
+            "held": self.held,
         }
 
     def request_stop(self) -> None:
         """First call: drain within the grace period. Second call: stop at once."""
         if not self._stopping.is_set():
-            log.info("worker.draining", grace_s=self._s.shutdown_grace_s, held=len(self.holdings))
+            log.info("worker.draining", grace_s=self._s.shutdown_grace_s, held=self.held)
             self._stopping.set()
             if self._tg is not None:
                 self._tg.start_soon(self._grace_timer)
         else:
-            log.warning("worker.stopping_now", held=len(self.holdings))
+            log.warning("worker.stopping_now", held=self.held)
             self._hard.cancel()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> Totals:
@@ -216,7 +219,8 @@ class Worker:
                     await start_watching(tg, self._s, self.view(), self._p.clock)
                     await self._connect()
                     await tg.start(self._heartbeat().run)
-                    tg.start_soon(self._keeper().run)
+                    for lane in self._lanes.values():
+                        tg.start_soon(self._keeper(lane).run)
                     log.info("worker.started", consumer=self._s.consumer, **self._public_settings())
                     task_status.started()
                     if not self._stopping.is_set():
@@ -239,6 +243,8 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 await ensure_group(self._p.redis, self._p.keys)
+                for lane in self._lanes.values():
+                    await ensure_group(self._p.redis, lane.keys)
                 return
             except (AuthenticationError, AuthorizationError) as exc:
                 raise ConfigError(f"ACKWORKER_REDIS_URL: Redis refused the login: {exc}") from None
@@ -257,31 +263,49 @@ class Worker:
     async def _pipeline(self) -> None:
         s = self._s
         claim_every_ms = max(100, min(s.claim_idle_ms // 2, 30_000))
-        config = IntakeConfig(s.consumer, s.batch_size, s.linger_ms, claim_every_ms)
-        # Unbounded buffers: Holdings caps the entries each account holds, and a bounded
-        # stream would let one slowed account block the intake, and so every other account.
-        streams = {
-            name: anyio.create_memory_object_stream[Batch](max_buffer_size=math.inf)
-            for name in self._lanes
-        }
-        sends = {name: send for name, (send, _) in streams.items()}
-        intake = Intake(self._source, self.holdings, sends, config, self._stopping, self._p.clock)
         async with anyio.create_task_group() as tg:
             # Busy rechecks run in this group too, so draining waits for them.
             self._pipeline_tg = tg
-            tg.start_soon(intake.run)
-            for name, (_, receive) in streams.items():
+            if self._routed:
+                tg.start_soon(self._router(claim_every_ms).run)
+            for lane in self._lanes.values():
+                tg.start_soon(self._run_lane, lane, claim_every_ms)
+
+    def _router(self, claim_every_ms: int) -> Router:
+        p, s = self._p, self._s
+        source = self._source(p.keys)
+        return Router(
+            p.redis,
+            p.keys,
+            s.account_names,
+            source,
+            claim_every_ms=claim_every_ms,
+            stopping=self._stopping,
+            clock=p.clock,
+        )
+
+    async def _run_lane(self, lane: Lane, claim_every_ms: int) -> None:
+        """The lane's intake and ``concurrency`` senders; returns once they have drained."""
+        s = self._s
+        config = IntakeConfig(s.consumer, s.batch_size, s.linger_ms, claim_every_ms)
+        send, receive = anyio.create_memory_object_stream[Batch](max_buffer_size=s.concurrency)
+        streams = {lane.account: send}
+        intake = Intake(lane.source, lane.holdings, streams, config, self._stopping, self._p.clock)
+        with structlog.contextvars.bound_contextvars(account=lane.account):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(intake.run)
                 with receive:
                     for _ in range(s.concurrency):
-                        tg.start_soon(self._sender, self._lanes[name], receive.clone())
+                        tg.start_soon(self._sender, lane, receive.clone())
 
     async def _sender(self, lane: Lane, batches: ObjectReceiveStream[Batch]) -> None:
-        with structlog.contextvars.bound_contextvars(account=lane.account):
-            async with batches:
-                async for batch in batches:
-                    await self._guarded(lane.processor.process, batch)
+        async with batches:
+            async for batch in batches:
+                await self._guarded(lane, lane.processes.process, batch)
 
-    async def _guarded(self, work: Callable[[Batch], Awaitable[None]], batch: Batch) -> None:
+    async def _guarded(
+        self, lane: Lane, work: Callable[[Batch], Awaitable[None]], batch: Batch
+    ) -> None:
         """Run ``work`` on ``batch``; a Redis failure abandons the batch, never the worker.
 
         Its entries stay pending in this consumer's PEL; after claim_idle_ms another
@@ -290,7 +314,7 @@ class Worker:
         try:
             await work(batch)
         except REDIS_ERRORS as exc:
-            self.holdings.discard(batch.entries())
+            lane.holdings.discard(batch.entries())
             log.error(
                 "batch.abandoned",
                 batch_id=batch.batch_id,
@@ -304,27 +328,28 @@ class Worker:
 
     async def _recheck(self, lane: Lane, batch: Batch) -> None:
         with structlog.contextvars.bound_contextvars(account=lane.account):
-            await self._guarded(lane.processor.recheck_busy, batch)
+            await self._guarded(lane, lane.processes.recheck_busy, batch)
 
     async def _grace_timer(self) -> None:
         await anyio.sleep(self._s.shutdown_grace_s)
-        log.warning("worker.grace_expired", held=len(self.holdings))
+        log.warning("worker.grace_expired", held=self.held)
         self._hard.cancel()
 
     async def _final_writes(self) -> None:
         with anyio.move_on_after(FINAL_WRITE_S, shield=True):
-            unsent = self.holdings.unsent()
-            try:
-                moved = await self._settler.hand_back(unsent)
-            except REDIS_ERRORS as exc:
-                log.error("worker.hand_back_failed", count=len(unsent), error=str(exc)[:300])
-            else:
-                self.holdings.discard(unsent)
-                self.totals.handed_back += moved
+            for lane in self._lanes.values():
+                unsent = lane.holdings.unsent()
+                try:
+                    moved = await lane.settler.hand_back(unsent)
+                except REDIS_ERRORS as exc:
+                    log.error("worker.hand_back_failed", count=len(unsent), error=str(exc)[:300])
+                else:
+                    lane.holdings.discard(unsent)
+                    self.totals.handed_back += moved
         log.info(
             "worker.stopped",
             consumer=self._s.consumer,
-            still_pending=len(self.holdings),
+            still_pending=self.held,
             **self.totals.as_dict(),
         )
 
@@ -408,3 +433,13 @@ def run_worker(settings: Settings) -> int:
     # still runs on plain asyncio where uvloop is not installed.
     anyio.run(serve, settings, backend_options={"use_uvloop": _have_uvloop()})
     return 0
+
+
+class _Held:
+    """``len()`` is every lane's held entries, for :class:`~worker.stats.WorkerView`."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def __len__(self) -> int:
+        return self._worker.held

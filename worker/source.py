@@ -30,12 +30,14 @@ log = get_logger("source")
 class SourceConfig:
     """``claim_idle_ms``: idle time after which another consumer's entries are taken over;
     ``max_attempts``: deliveries after which an entry is dead-lettered; ``accounts``: the
-    account names entries may carry."""
+    account names entries may carry; ``account``: set when the stream is one account's,
+    whose entries are that account's whatever they carry."""
 
     consumer: str
     claim_idle_ms: int
     max_attempts: int
     accounts: frozenset[str] = frozenset({"default"})
+    account: str | None = None
 
 
 async def ensure_group(redis: RedisClient, keys: Keys) -> None:
@@ -103,18 +105,14 @@ class StreamSource:
         # parsing we need; this process only reads the task stream through here.
         redis.set_response_callback("XREADGROUP", _raw_reply)
 
+    @property
+    def settler(self) -> Settler:
+        """The settler this source dead-letters and hands back through."""
+        return self._settler
+
     async def ensure_group(self) -> None:
         """Create the stream and group again (after Redis lost them)."""
         await ensure_group(self._redis, self._keys)
-
-    async def hand_back(self, entries: list[Entry]) -> int:
-        """Move entries read but not taken on to the stream's tail; returns how many moved."""
-        return await self._settler.hand_back(entries)
-
-    async def last_id(self) -> bytes | None:
-        """The id of the stream's newest entry; ``None`` when it is empty."""
-        rows: Any = await self._redis.xrevrange(self._keys.tasks, count=1)
-        return bytes(rows[0][0]) if rows else None
 
     async def read(self, count: int, block_ms: int | None) -> list[Entry]:
         """Read up to ``count`` new entries, blocking up to ``block_ms`` (None: not at all)."""
@@ -181,6 +179,8 @@ class StreamSource:
         at = iso_utc(self._clock.now())
         for entry_id, fields in rows:
             parsed = parse_row(entry_id, fields, deliveries.get(entry_id, 1))
+            if self._config.account is not None and isinstance(parsed, Entry):
+                parsed.account = self._config.account
             if isinstance(parsed, InvalidEntry):
                 settlement.dead.append(invalid_dead_letter(parsed, at))
                 settlement.ack.append(entry_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,6 @@ import anyio
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
-from worker.entries import Holdings
 from worker.gate import SendGate, paused_accounts
 from worker.keys import Keys
 from worker.logs import scrubber
@@ -117,13 +116,15 @@ class WorkerView:
     redis: Redis | RedisCluster  # the worker's client, whatever the deployment
     keys: Keys
     totals: Totals
-    holdings: Holdings
+    holdings: Sized  # the worker's held entries (every lane's)
     gate: SendGate
     stopping: anyio.Event
     rate_limit_rps: float
     redis_timeout_s: float = REDIS_READ_TIMEOUT_S
     # Every account's gate by name (the default account's is ``gate``); empty: just ``gate``.
     gates: Mapping[str, SendGate] = field(default_factory=dict)
+    # With several accounts: their streams, where the input's entries wait to be sent.
+    account_streams: tuple[str, ...] = ()
 
     @property
     def held(self) -> int:
@@ -137,14 +138,18 @@ class WorkerView:
         return paused_accounts(self.gates or {"default": self.gate}) or None
 
     async def sample_stream(self) -> StreamSample:
-        """Read the backlog and pending count; a failure is reported, never raised."""
+        """Read the backlog and pending count (the input stream's and, with several accounts,
+        their streams' together); a failure is reported, never raised."""
+        backlog = pending = 0
         try:
             with anyio.fail_after(self.redis_timeout_s):
-                backlog = int(await self.redis.xlen(self.keys.tasks))
-                summary: Any = await self.redis.xpending(self.keys.tasks, self.keys.group)
+                for stream in (self.keys.input, *self.account_streams):
+                    backlog += int(await self.redis.xlen(stream))
+                    summary: Any = await self.redis.xpending(stream, self.keys.group)
+                    pending += int(summary["pending"])
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             return StreamSample(None, None, describe_error(exc))
-        return StreamSample(backlog, int(summary["pending"]))
+        return StreamSample(backlog, pending)
 
     async def redis_problem(self) -> str | None:
         """None when Redis answers PING within the timeout, else what went wrong."""

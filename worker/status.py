@@ -42,6 +42,10 @@ async def collect_status(
     rates = {
         name: await _rate_limit(redis, keys.limiter_for(name), rps) for name, rps in limits.items()
     }
+    if len(limits) > 1:
+        # Several accounts: the router moves the input's entries to each account's stream.
+        for name, section in rates.items():
+            section["backlog"] = int(await redis.xlen(keys.account_stream(name)))
     pending, consumers = await _pending(redis, keys)
     workers = [b.as_json() for b in await read_beats(redis, keys)]
     return {
@@ -163,7 +167,7 @@ def _overview(s: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _rate_lines(accounts: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
-    """One ``rate limit`` line, or one per account when there are several."""
+    """One ``rate limit`` line, or one per account (with its backlog) when there are several."""
     lines = []
     for name, rl in accounts.items():
         throttled = rl["throttled_s_ago"]
@@ -173,6 +177,8 @@ def _rate_lines(accounts: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
             f"{rl['pause_s']}s, last throttled "
             + ("never" if throttled is None else f"{throttled}s ago")
         )
+        if "backlog" in rl:
+            text = f"backlog {rl['backlog']}, " + text
         lines.append((label, text))
     return lines
 
