@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 import aiohttp
 import orjson
@@ -78,6 +78,21 @@ class PollPage:
     total_pages: int
     next_page: bool
     items: list[TaskDetail]
+
+
+@runtime_checkable
+class PollClient(Protocol):
+    """The seam to ``PollTaskResult`` (a :class:`DomainClient` in production)."""
+
+    async def poll_task_result(
+        self,
+        page_num: int,
+        page_size: int,
+        *,
+        task_no: str | None = None,
+        domain_name: str | None = None,
+        task_result_status: int | None = None,
+    ) -> PollPage: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,4 +366,4 @@ def _poll_page(data: dict[str, Any], raw: str) -> PollPage:
     )
 
 
-__all__ = ["AckResult", "ApiError", "DomainClient", "PollPage", "TaskDetail"]
+__all__ = ["AckResult", "ApiError", "DomainClient", "PollClient", "PollPage", "TaskDetail"]

@@ -21,7 +21,7 @@ from worker.clock import SYSTEM_CLOCK, Clock
 from worker.entries import Batch, Entry, Holdings
 from worker.logs import get_logger
 from worker.redis_conn import REDIS_ERRORS
-from worker.source import StreamSource
+from worker.source import Recovery, StreamSource
 
 log = get_logger("intake")
 
@@ -60,7 +60,7 @@ class Intake:
         self._clock = clock
         self._assembler = BatchAssembler(config.batch_size, config.linger_ms, config.consumer)
         self._next_claim = 0.0
-        self._redis_failures = 0
+        self._recovery = Recovery(source, clock)
 
     async def run(self) -> None:
         """Loop until ``stopping`` is set; then send the open batch and close the stream."""
@@ -68,9 +68,9 @@ class Intake:
             while not self._stopping.is_set():
                 try:
                     await self._step()
-                    self._redis_failures = 0
+                    self._recovery.ok()
                 except REDIS_ERRORS as exc:
-                    await self._redis_down(exc)
+                    await self._recovery.failed(exc)
             for batch in self._assembler.take_open():
                 await self._batches[batch.account].send(batch)
         finally:
@@ -124,23 +124,3 @@ class Intake:
         self._holdings.add(entries)
         for batch in self._assembler.feed(entries, self._clock.monotonic()):
             await self._batches[batch.account].send(batch)
-
-    async def _redis_down(self, exc: BaseException) -> None:
-        if "NOGROUP" in str(exc):
-            # Redis came back without its data (no persistence): recreate stream and group.
-            log.warning("redis.group_recreated", error=str(exc)[:300])
-            try:
-                await self._source.ensure_group()
-            except REDIS_ERRORS:
-                pass  # still down: back off below
-            else:
-                return
-        self._redis_failures += 1
-        delay = min(5.0, 0.1 * 2 ** min(self._redis_failures, 6))
-        log.warning(
-            "redis.unavailable",
-            error=f"{type(exc).__name__}: {exc}"[:300],
-            retry_in_s=delay,
-            failures=self._redis_failures,
-        )
-        await self._clock.sleep(delay)

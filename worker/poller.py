@@ -25,14 +25,14 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import TaskStatus
 
 from worker.accounts import Account, client_for
-from worker.client import PollPage, TaskDetail
+from worker.client import PollClient, PollPage, TaskDetail
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.entries import is_valid_id
 from worker.errors import ApiError, ConfigError, FatalApiError, ThrottledError
@@ -49,20 +49,6 @@ log = get_logger("poller")
 MEMORY_MIN_TTL_S = 3600
 """The memory's TTL is ``dedupe_ttl_s``, but never below an hour (also when that is 0)."""
 _META_MAX = 256
-
-
-class PageSource(Protocol):
-    """The seam to the API (a :class:`~worker.client.DomainClient` in production)."""
-
-    async def poll_task_result(
-        self,
-        page_num: int,
-        page_size: int,
-        *,
-        task_no: str | None = None,
-        domain_name: str | None = None,
-        task_result_status: int | None = None,
-    ) -> PollPage: ...
 
 
 def memory_ttl_s(settings: Settings) -> int:
@@ -103,7 +89,7 @@ class PollerParts:
     """What a poller talks to; tests build these to run one in-process."""
 
     redis: RedisClient
-    client: PageSource
+    client: PollClient
     keys: Keys
     policy: RetryPolicy
     reload_credentials: Callable[[], None] | None = None

@@ -25,7 +25,7 @@ from worker.entries import Entry
 from worker.keys import Keys
 from worker.logs import get_logger
 from worker.redis_conn import REDIS_ERRORS, RedisClient, register_script
-from worker.source import StreamSource
+from worker.source import Recovery, StreamSource
 
 log = get_logger("router")
 
@@ -72,16 +72,16 @@ class Router:
         self._index = {account: i + 2 for i, account in enumerate(accounts)}
         self._script = register_script(redis, _MOVE)
         self._next_claim = 0.0
-        self._failures = 0
+        self._recovery = Recovery(source, clock)
 
     async def run(self) -> None:
         """Read, claim and move until ``stopping`` is set."""
         while not self._stopping.is_set():
             try:
                 await self._step()
-                self._failures = 0
+                self._recovery.ok()
             except REDIS_ERRORS as exc:
-                await self._redis_down(exc)
+                await self._recovery.failed(exc)
 
     async def _step(self) -> None:
         now = self._clock.monotonic()
@@ -101,26 +101,6 @@ class Router:
         with anyio.move_on_after(MOVE_DEADLINE_S, shield=True):
             moved = await self._script(keys=self._streams, args=args)
             log.debug("router.moved", count=int(moved))
-
-    async def _redis_down(self, exc: BaseException) -> None:
-        if "NOGROUP" in str(exc):
-            # Redis came back without its data: recreate the input stream and group.
-            log.warning("redis.group_recreated", error=str(exc)[:300])
-            try:
-                await self._source.ensure_group()
-            except REDIS_ERRORS:
-                pass
-            else:
-                return
-        self._failures += 1
-        delay = min(5.0, 0.1 * 2 ** min(self._failures, 6))
-        log.warning(
-            "redis.unavailable",
-            error=f"{type(exc).__name__}: {exc}"[:300],
-            retry_in_s=delay,
-            failures=self._failures,
-        )
-        await self._clock.sleep(delay)
 
 
 def _fields(e: Entry) -> list[str]:

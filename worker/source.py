@@ -19,7 +19,7 @@ from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
 from worker.entries import Entry, InvalidEntry, RawFields, parse_row
 from worker.keys import Keys
 from worker.logs import get_logger
-from worker.redis_conn import RedisClient
+from worker.redis_conn import REDIS_ERRORS, RedisClient
 from worker.settle import Settlement, Settler
 from worker.stats import Totals
 
@@ -213,3 +213,38 @@ def _raw_reply(response: Any, **_options: Any) -> Any:
 
 def _as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+class Recovery:
+    """What a loop reading a stream does when Redis fails: recreate a lost stream and group
+    at once (NOGROUP: Redis came back without its data), else back off, doubling from 0.2 s
+    to at most 5 s, logging ``redis.unavailable``. :meth:`ok` after a step that worked."""
+
+    def __init__(self, source: StreamSource, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._source = source
+        self._clock = clock
+        self._failures = 0
+
+    def ok(self) -> None:
+        """The last step worked: the next failure backs off from the start."""
+        self._failures = 0
+
+    async def failed(self, exc: BaseException) -> None:
+        """Recover from ``exc``, a Redis failure of the last step."""
+        if "NOGROUP" in str(exc):
+            log.warning("redis.group_recreated", error=str(exc)[:300])
+            try:
+                await self._source.ensure_group()
+            except REDIS_ERRORS:
+                pass  # still down: back off below
+            else:
+                return
+        self._failures += 1
+        delay = min(5.0, 0.1 * 2 ** min(self._failures, 6))
+        log.warning(
+            "redis.unavailable",
+            error=f"{type(exc).__name__}: {exc}"[:300],
+            retry_in_s=delay,
+            failures=self._failures,
+        )
+        await self._clock.sleep(delay)

@@ -25,11 +25,10 @@ import contextlib
 import itertools
 import random
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 import anyio
 
-from worker.client import PollPage
+from worker.client import PollClient, PollPage
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.entries import Batch, Entry
 from worker.errors import ApiError, ThrottledError
@@ -40,21 +39,6 @@ from worker.retry import RetryPolicy
 from worker.settings import Settings
 
 log = get_logger("verify")
-
-
-@runtime_checkable
-class PollClient(Protocol):
-    """The seam to ``PollTaskResult`` (a :class:`~worker.client.DomainClient` in production)."""
-
-    async def poll_task_result(
-        self,
-        page_num: int,
-        page_size: int,
-        *,
-        task_no: str | None = None,
-        domain_name: str | None = None,
-        task_result_status: int | None = None,
-    ) -> PollPage: ...
 
 
 @dataclass(frozen=True, slots=True)
