@@ -254,8 +254,9 @@ async def test_a_throttled_account_does_not_slow_the_other(
             assert float(eu_limiter["last_cut"]) > 0  # eu's rate was cut, its fleet paused
             assert float(home_limiter.get("last_cut", 0)) == 0  # the default's never was
             assert float(eu_limiter["rate"]) < 1000.0
-            # eu's share of the prefetch is capped; the rest waits in the stream.
-            assert len(worker.holdings) <= settings.batch_size * (2 * settings.concurrency + 1)
+            # eu's lane holds at most its prefetch bound; the rest waits in eu's stream.
+            assert worker.held <= settings.batch_size * (2 * settings.concurrency + 1)
+            assert await redis.xlen(keys.account_stream("eu")) == len(eu_numbers)
 
             eu.faults.update({"throttle_rate": 0.0})
             await wait_for(lambda: drained(redis, prefix), timeout_s=60, what="eu to recover")
@@ -396,3 +397,30 @@ async def test_entries_a_crashed_router_read_are_claimed_and_moved(
         assert set(eu.state.confirmed_ids()) == set(eu_numbers)
         summary = await redis.xpending(keys.tasks, keys.group)
         assert summary["pending"] == 0
+
+
+async def test_streams_of_accounts_no_longer_routed_are_drained(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    """A fleet that ran default and eu leaves both accounts' streams behind; a worker that
+    now runs only the default account moves default's entries back and dead-letters eu's."""
+    async with serve_mock_api(fault_seed=1) as home:
+        keys = Keys(prefix)
+        numbers = home.state.seed_random(25)
+        await redis.sadd(keys.accounts, "default", "eu")  # type: ignore[misc]
+        for n in numbers:
+            await redis.xadd(keys.account_stream("default"), {"id": n, "account": "default"})
+        for n in ("e1", "e2"):
+            await redis.xadd(keys.account_stream("eu"), {"id": n, "account": "eu"})
+        settings = make_settings(redis_server.url, prefix, endpoint=home.url)
+        async with (
+            DomainClient(endpoint=home.url, credentials=TEST_CREDENTIALS) as client,
+            running_worker(settings, redis, client),
+        ):
+            await wait_for(lambda: drained(redis, prefix), what="the left-behind streams")
+        assert set(home.state.confirmed_ids()) == set(numbers)
+        dead = await stream_fields(redis, keys.dead)
+        assert sorted((d["id"], d["reason"]) for d in dead) == [
+            ("e1", "unknown_account"),
+            ("e2", "unknown_account"),
+        ]

@@ -64,8 +64,9 @@ async def test_mild_faults_all_settle_and_nothing_is_lost(
     unknown = [f"{i:032x}" for i in range(5)]
     await enqueue(redis, Keys(prefix), numbers + unknown + numbers[:20])
     api.faults.update({"throttle_rate": 0.05, "error_rate": 0.05, "latency_ms": 5, "jitter_ms": 5})
+    # Batches of 10: some 45 requests, so the seeded 10% of faults strike some of them.
     settings = make_settings(
-        redis_server.url, prefix, endpoint=api.url, batch_size=25, concurrency=4, max_attempts=6
+        redis_server.url, prefix, endpoint=api.url, batch_size=10, concurrency=4, max_attempts=6
     )
     async with (
         DomainClient(endpoint=api.url, credentials=TEST_CREDENTIALS, pool_size=4) as client,

@@ -181,6 +181,7 @@ async def test_status_shows_each_accounts_limiter(
     accounts = json.loads(out)["accounts"]
     assert list(accounts) == ["default", "eu"]
     assert (accounts["default"]["backlog"], accounts["eu"]["backlog"]) == (0, 2)
+    assert (accounts["default"]["pending"], accounts["eu"]["pending"]) == (0, 0)
     assert accounts["default"]["pause_s"] == 0
     assert accounts["default"]["throttled_s_ago"] is None
     assert (accounts["eu"]["limit_rps"], accounts["eu"]["effective_rps"]) == (5.0, 3.5)
@@ -190,8 +191,8 @@ async def test_status_shows_each_accounts_limiter(
         redis_server, prefix, "status", env={"ACKWORKER_CONFIG": str(config)}
     )
     assert code == 0, err
-    assert "rate default  backlog 0, limit 100.0/s, effective 100.0/s" in out
-    assert "rate eu       backlog 2, limit 5.0/s, effective 3.5/s" in out
+    assert "rate default  backlog 0 (0 pending), limit 100.0/s, effective 100.0/s" in out
+    assert "rate eu       backlog 2 (0 pending), limit 5.0/s, effective 3.5/s" in out
 
 
 async def test_status_says_when_a_count_was_capped(

@@ -30,7 +30,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from worker.runner import run_worker
+    from worker.serve import run_worker
     from worker.settings import load_settings
 
     settings = load_settings(args.config, os.environ)

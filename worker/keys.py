@@ -48,6 +48,12 @@ class Keys:
         stream's entries of ``account`` are moved to be acknowledged."""
         return f"{self.prefix}:tasks:{account}"
 
+    @property
+    def accounts(self) -> str:
+        """Set of every account whose stream (:meth:`account_stream`) a worker has used, so a
+        worker can find the streams of accounts no longer configured and drain them."""
+        return f"{self.prefix}:accounts"
+
     def for_account(self, account: str) -> Keys:
         """These keys reading :meth:`account_stream` of ``account``."""
         return replace(self, stream=f"tasks:{account}")

@@ -15,7 +15,8 @@ stopped hard stay pending on this consumer and are claimed after ``claim_idle_ms
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import anyio
 import orjson
@@ -25,7 +26,7 @@ from worker.entries import Entry
 from worker.keys import Keys
 from worker.logs import get_logger
 from worker.redis_conn import REDIS_ERRORS, RedisClient, register_script
-from worker.source import Recovery, StreamSource
+from worker.source import Recovery, StreamSource, ensure_group
 
 log = get_logger("router")
 
@@ -33,13 +34,17 @@ READ_COUNT = 1000  # entries moved per round trip
 IDLE_BLOCK_MS = 500  # longest XREADGROUP block, so a stop request is noticed quickly
 MOVE_DEADLINE_S = 10.0
 
-# KEYS[1] the input stream, KEYS[2..] the account streams. ARGV[1] the group, then per entry:
-# its id, the index in KEYS of its account's stream, its fields as a JSON list.
+# KEYS[1] the input stream, KEYS[2..] the account streams. ARGV[1] the group, ARGV[2] this
+# consumer, then per entry: its id, the index in KEYS of its account's stream, its fields as
+# a JSON list.
 _MOVE = """
-local group, moved = ARGV[1], 0
-for j = 2, #ARGV, 3 do
-  -- 0 when another consumer took the entry over and moved it already: never twice.
-  if redis.call('XACK', KEYS[1], group, ARGV[j]) == 1 then
+local group, consumer, moved = ARGV[1], ARGV[2], 0
+for j = 3, #ARGV, 3 do
+  -- Only entries still pending on this consumer: one another consumer took over (and may be
+  -- moving or sending) is left to it.
+  local p = redis.call('XPENDING', KEYS[1], group, ARGV[j], ARGV[j], 1)
+  if p[1] and p[1][2] == consumer then
+    redis.call('XACK', KEYS[1], group, ARGV[j])
     redis.call('XADD', KEYS[tonumber(ARGV[j + 1])], '*', unpack(cjson.decode(ARGV[j + 2])))
     redis.call('XDEL', KEYS[1], ARGV[j])
     moved = moved + 1
@@ -55,21 +60,30 @@ class Router:
     def __init__(
         self,
         redis: RedisClient,
-        keys: Keys,
-        accounts: Sequence[str],
         source: StreamSource,
+        targets: Mapping[str, str],
         *,
+        consumer: str,
         claim_every_ms: int,
         stopping: anyio.Event,
         clock: Clock = SYSTEM_CLOCK,
+        idle_s: float | None = None,
     ) -> None:
-        self._keys = keys
+        """Moves what ``source`` reads to ``targets[entry.account]`` (a stream key).
+
+        ``idle_s`` set: poll without blocking and sleep that long when nothing came (a stream
+        that is usually empty holds no connection); unset: block in XREADGROUP.
+        """
+        self._keys = source.keys
         self._source = source
+        self._consumer = consumer
         self._stopping = stopping
         self._clock = clock
         self._claim_every_s = claim_every_ms / 1000.0
-        self._streams = [keys.input] + [keys.account_stream(a) for a in accounts]
-        self._index = {account: i + 2 for i, account in enumerate(accounts)}
+        self._idle_s = idle_s
+        destinations = list(dict.fromkeys(targets.values()))
+        self._streams = [source.keys.tasks, *destinations]
+        self._index = {a: destinations.index(key) + 2 for a, key in targets.items()}
         self._script = register_script(redis, _MOVE)
         self._next_claim = 0.0
         self._recovery = Recovery(source, clock)
@@ -88,19 +102,43 @@ class Router:
         if now >= self._next_claim:
             self._next_claim = now + self._claim_every_s
             await self._move(await self._source.claim_stale(READ_COUNT))
-        await self._move(await self._source.read(READ_COUNT, IDLE_BLOCK_MS))
+        block_ms = None if self._idle_s is not None else IDLE_BLOCK_MS
+        entries = await self._source.read(READ_COUNT, block_ms)
+        await self._move(entries)
+        if not entries and self._idle_s is not None:
+            await self._clock.sleep(self._idle_s)
 
     async def _move(self, entries: list[Entry]) -> None:
         if not entries:
             return
-        args: list[str | bytes | int] = [self._keys.group]
+        args: list[str | bytes | int] = [self._keys.group, self._consumer]
         for e in entries:
             args += (e.entry_id, self._index[e.account], orjson.dumps(_fields(e)))
         # Shielded: a move cut off by a hard stop would leave the read entries pending here
         # for claim_idle_ms instead of on their way.
-        with anyio.move_on_after(MOVE_DEADLINE_S, shield=True):
+        with anyio.move_on_after(MOVE_DEADLINE_S, shield=True) as scope:
             moved = await self._script(keys=self._streams, args=args)
             log.debug("router.moved", count=int(moved))
+        if scope.cancelled_caught:
+            # Still pending here: claimed again after claim_idle_ms.
+            log.warning("router.move_timed_out", count=len(entries), deadline_s=MOVE_DEADLINE_S)
+
+
+async def orphaned_accounts(redis: RedisClient, keys: Keys, routed: Sequence[str]) -> list[str]:
+    """Register the accounts whose streams this worker routes to (none with one account) and
+    return the others that have a stream: accounts removed from the config, or all of them for
+    a worker that runs one account. Their streams get a group, ready to be drained."""
+    if routed:
+        added: Any = redis.sadd(keys.accounts, *routed)
+        await added
+    reply: Any = redis.smembers(keys.accounts)
+    used = {m.decode() if isinstance(m, bytes) else str(m) for m in await reply}
+    orphans = sorted(used - set(routed))
+    for account in orphans:
+        await ensure_group(redis, keys.for_account(account))
+    if orphans:
+        log.warning("router.draining", accounts=orphans)
+    return orphans
 
 
 def _fields(e: Entry) -> list[str]:

@@ -11,20 +11,16 @@ PEL, where ``claim_idle_ms`` later another consumer claims them. Nothing is lost
 
 from __future__ import annotations
 
-import contextlib
 import random
-import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import anyio
 import structlog
 from anyio.abc import ObjectReceiveStream, TaskGroup, TaskStatus
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 
-from worker.accounts import DEFAULT_ACCOUNT, Account, client_for
-from worker.client import DomainClient
+from worker.accounts import DEFAULT_ACCOUNT
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.dedupe import Dedupe, DedupeConfig
 from worker.entries import Batch, Holdings
@@ -35,12 +31,12 @@ from worker.intake import Intake, IntakeConfig
 from worker.keeper import Keeper
 from worker.keys import Keys
 from worker.lanes import AccountParts, Lane
-from worker.logs import configure_logging, get_logger, scrubber
+from worker.logs import get_logger
 from worker.observed import ObservedClient, ObservedLimiter
 from worker.processor import Acknowledger, Processor, ProcessorDeps
-from worker.redis_conn import REDIS_ERRORS, RedisClient, keys_for, open_redis
+from worker.redis_conn import REDIS_ERRORS, RedisClient
 from worker.retry import RetryPolicy
-from worker.router import Router
+from worker.router import Router, orphaned_accounts
 from worker.settings import Settings
 from worker.settle import Settler
 from worker.source import SourceConfig, StreamSource, ensure_group
@@ -51,6 +47,7 @@ from worker.watch import start_watching
 log = get_logger("worker")
 
 FINAL_WRITE_S = 10.0
+DRAIN_IDLE_S = 1.0  # how often a drained account's stream is looked at again once empty
 
 
 @dataclass(slots=True)
@@ -84,6 +81,7 @@ class Worker:
         self._pipeline_tg: TaskGroup | None = None
         names = settings.account_names
         self._routed = len(names) > 1
+        self._orphans: list[str] = []
         self._lanes = {name: self._lane(name) for name in names}
         self.gate = self._lanes[DEFAULT_ACCOUNT].gate
         self.holdings = self._lanes[DEFAULT_ACCOUNT].holdings
@@ -245,6 +243,7 @@ class Worker:
                 await ensure_group(self._p.redis, self._p.keys)
                 for lane in self._lanes.values():
                     await ensure_group(self._p.redis, lane.keys)
+                await self._find_orphans()
                 return
             except (AuthenticationError, AuthorizationError) as exc:
                 raise ConfigError(f"ACKWORKER_REDIS_URL: Redis refused the login: {exc}") from None
@@ -260,6 +259,11 @@ class Worker:
                 log.warning("redis.unavailable", error=str(exc)[:300], retry_in_s=delay)
                 await self._p.clock.sleep(delay)
 
+    async def _find_orphans(self) -> None:
+        p = self._p
+        routed = self._s.account_names if self._routed else ()
+        self._orphans = await orphaned_accounts(p.redis, p.keys, routed)
+
     async def _pipeline(self) -> None:
         s = self._s
         claim_every_ms = max(100, min(s.claim_idle_ms // 2, 30_000))
@@ -268,20 +272,37 @@ class Worker:
             self._pipeline_tg = tg
             if self._routed:
                 tg.start_soon(self._router(claim_every_ms).run)
+            for account in self._orphans:
+                tg.start_soon(self._drain(account, claim_every_ms).run)
             for lane in self._lanes.values():
                 tg.start_soon(self._run_lane, lane, claim_every_ms)
 
     def _router(self, claim_every_ms: int) -> Router:
         p, s = self._p, self._s
-        source = self._source(p.keys)
+        targets = {name: p.keys.account_stream(name) for name in s.account_names}
         return Router(
             p.redis,
-            p.keys,
-            s.account_names,
-            source,
+            self._source(p.keys),
+            targets,
+            consumer=s.consumer,
             claim_every_ms=claim_every_ms,
             stopping=self._stopping,
             clock=p.clock,
+        )
+
+    def _drain(self, account: str, claim_every_ms: int) -> Router:
+        """Moves the stream of an account this worker does not route back to the input
+        stream (an entry of an account no longer configured is dead-lettered instead)."""
+        p, s = self._p, self._s
+        return Router(
+            p.redis,
+            self._source(p.keys.for_account(account), account),
+            {account: p.keys.input},
+            consumer=s.consumer,
+            claim_every_ms=claim_every_ms,
+            stopping=self._stopping,
+            clock=p.clock,
+            idle_s=DRAIN_IDLE_S,
         )
 
     async def _run_lane(self, lane: Lane, claim_every_ms: int) -> None:
@@ -365,74 +386,6 @@ class Worker:
             "signature": s.signature,
             "key_prefix": s.key_prefix,
         }
-
-
-async def _watch_signals(worker: Worker) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("worker.signal", signal=signal.Signals(signum).name)
-            worker.request_stop()
-
-
-async def serve(settings: Settings) -> Totals:
-    """Run one worker with real Redis and HTTP until SIGTERM or SIGINT."""
-    keys = keys_for(settings)
-    lanes = len(settings.account_names)
-    redis = open_redis(settings, max_connections=(settings.concurrency * 2 + 4) * lanes)
-    async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(redis.aclose)
-        clients: dict[str, AccountParts] = {}
-        for name in settings.account_names:
-            account = settings.account(name)
-            assert account is not None
-            client = await stack.enter_async_context(client_for(settings, account))
-            clients[name] = AccountParts(client, _reloader(account, client))
-        default = clients.pop(DEFAULT_ACCOUNT)
-        policy = RetryPolicy(max_attempts=settings.max_attempts)
-        parts = WorkerParts(
-            redis, default.client, keys, policy, default.reload_credentials, accounts=clients
-        )
-        worker = Worker(settings, parts)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_signals, worker)
-            totals = await worker.run()
-            tg.cancel_scope.cancel()
-    return totals
-
-
-def _reloader(account: Account, client: DomainClient) -> Callable[[], None]:
-    """Re-read ``account``'s credentials into ``client`` (after a refusal, see SendGate)."""
-
-    def reload() -> None:
-        fresh = account.credentials.load()
-        scrubber.add_secret(fresh.access_key_secret)
-        scrubber.add_secret(fresh.security_token)
-        client.set_credentials(fresh)
-
-    return reload
-
-
-def _have_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def run_worker(settings: Settings) -> int:
-    """``ackworker run``: configure logs, serve until signalled; the exit code."""
-    secrets: list[str | None] = [urlsplit(settings.redis_url).password]
-    for name in settings.account_names:
-        account = settings.account(name)
-        assert account is not None
-        credentials = account.credentials.load()
-        secrets += [credentials.access_key_secret, credentials.security_token]
-    configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=secrets)
-    # uvloop's transports and loop cost roughly half of asyncio's per request; the worker
-    # still runs on plain asyncio where uvloop is not installed.
-    anyio.run(serve, settings, backend_options={"use_uvloop": _have_uvloop()})
-    return 0
 
 
 class _Held:

@@ -106,6 +106,11 @@ class StreamSource:
         redis.set_response_callback("XREADGROUP", _raw_reply)
 
     @property
+    def keys(self) -> Keys:
+        """The keys this source reads (``keys.tasks``)."""
+        return self._keys
+
+    @property
     def settler(self) -> Settler:
         """The settler this source dead-letters and hands back through."""
         return self._settler

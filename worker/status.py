@@ -46,6 +46,7 @@ async def collect_status(
         # Several accounts: the router moves the input's entries to each account's stream.
         for name, section in rates.items():
             section["backlog"] = int(await redis.xlen(keys.account_stream(name)))
+            section["pending"] = (await _pending(redis, keys.for_account(name)))[0]["count"]
     pending, consumers = await _pending(redis, keys)
     workers = [b.as_json() for b in await read_beats(redis, keys)]
     return {
@@ -178,7 +179,7 @@ def _rate_lines(accounts: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
             + ("never" if throttled is None else f"{throttled}s ago")
         )
         if "backlog" in rl:
-            text = f"backlog {rl['backlog']}, " + text
+            text = f"backlog {rl['backlog']} ({rl['pending']} pending), " + text
         lines.append((label, text))
     return lines
 
