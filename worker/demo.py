@@ -465,34 +465,44 @@ def run_demo(args: argparse.Namespace, workdir: Path, procs: Processes) -> Summa
     return summary
 
 
-def interrupt(signum: int, frame: FrameType | None) -> None:
+def _interrupt(signum: int, frame: FrameType | None) -> None:
     """SIGTERM handler: stop the way Ctrl-C does."""
     raise KeyboardInterrupt
+
+
+def supervise(label: str, run: Callable[[Path, Processes], T], finish: Callable[[T], int]) -> int:
+    """``run`` in a scratch directory, every process it starts stopped however it ends, then
+    ``finish`` on its result; the exit code (1 when it failed, 130 when interrupted)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    with tempfile.TemporaryDirectory(prefix=f"ackworker-{label.replace(' ', '-')}-") as tmp:
+        procs = Processes()
+        try:
+            result = run(Path(tmp), procs)
+        except DemoError as exc:
+            print(f"{label} failed: {exc}", file=sys.stderr)
+            return 1
+        except (redis.RedisError, OSError) as exc:
+            print(f"{label} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"{label} interrupted: stopping what it started", file=sys.stderr)
+            return 130
+        finally:
+            _stop_uninterrupted(procs)
+    return finish(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; the process exit code."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, interrupt)
-    with tempfile.TemporaryDirectory(prefix="ackworker-demo-") as tmp:
-        procs = Processes()
-        try:
-            summary = run_demo(args, Path(tmp), procs)
-        except DemoError as exc:
-            print(f"demo failed: {exc}", file=sys.stderr)
-            return 1
-        except (redis.RedisError, OSError) as exc:
-            print(f"demo failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("demo interrupted: stopping what it started", file=sys.stderr)
-            return 130
-        finally:
-            stop_uninterrupted(procs)
-    return report(summary, args.json_out)
+    return supervise(
+        "demo",
+        lambda tmp, procs: run_demo(args, tmp, procs),
+        lambda summary: report(summary, args.json_out),
+    )
 
 
-def stop_uninterrupted(procs: Processes) -> None:
+def _stop_uninterrupted(procs: Processes) -> None:
     """Stop every child; signals are ignored meanwhile."""
     # A second Ctrl-C must not abandon children halfway; stopping each is bounded anyway.
     previous = (

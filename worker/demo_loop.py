@@ -19,7 +19,6 @@ import json
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -205,23 +204,11 @@ def report(summary: LoopSummary, json_out: Path | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the closed loop; the process exit code."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, demo.interrupt)
-    with tempfile.TemporaryDirectory(prefix="ackworker-loop-") as tmp:
-        procs = Processes()
-        try:
-            summary = run_closed_loop(args, Path(tmp), procs)
-        except DemoError as exc:
-            print(f"closed loop failed: {exc}", file=sys.stderr)
-            return 1
-        except (redis.RedisError, OSError) as exc:
-            print(f"closed loop failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("closed loop interrupted: stopping what it started", file=sys.stderr)
-            return 130
-        finally:
-            demo.stop_uninterrupted(procs)
-    return report(summary, args.json_out)
+    return demo.supervise(
+        "closed loop",
+        lambda tmp, procs: run_closed_loop(args, tmp, procs),
+        lambda summary: report(summary, args.json_out),
+    )
 
 
 if __name__ == "__main__":
