@@ -38,9 +38,12 @@ from tests.harness import (
 )
 from tests.test_end_to_end import assert_invariant
 from tests.topologies import MASTER_NAME, ClusterSetup, SentinelSetup, TlsRedis
+from worker.accounts import Account
 from worker.client import AckResult, DomainClient
+from worker.credentials import CredentialSource
 from worker.errors import ConfigError, PermanentApiError, ThrottledError
 from worker.keys import Keys
+from worker.lanes import AccountParts
 from worker.mockapi.server import MockApi, serve_mock_api
 from worker.producer import enqueue
 from worker.redis_conn import RedisClient, keys_for, open_redis
@@ -305,6 +308,30 @@ async def test_cluster_rejected_and_throttled_paths(
     assert worker.totals.confirmed == len(numbers)
     assert await redis.exists(keys_for(settings).limiter) == 1  # the shared limiter's state
     assert await redis.exists(keys_for(settings).inflight) == 0  # every lease released
+
+
+async def test_cluster_routes_two_accounts_within_the_hash_tag(
+    cluster: ClusterSetup, api: MockApi, tagged: str, opened: list[RedisClient]
+) -> None:
+    """The router's move touches the input and every account stream in one script: all in the
+    prefix's slot. Both accounts are served by the one stand-in here."""
+    eu = Account("eu", api.url, 1000.0, "v3", CredentialSource("environment", TEST_CREDENTIALS))
+    settings = cluster_settings(cluster, tagged, endpoint=api.url, accounts={"eu": eu})
+    redis = connect(opened, settings)
+    keys = keys_for(settings)
+    assert keys.account_stream("eu") == f"{tagged}:tasks:eu"
+    home, away = api.state.seed_random(60), api.state.seed_random(60)
+    await enqueue(redis, keys, home)
+    await enqueue(redis, keys, away, account="eu")
+    async with (
+        DomainClient(endpoint=api.url, credentials=TEST_CREDENTIALS, pool_size=4) as client,
+        running_worker(settings, redis, client, accounts={"eu": AccountParts(client)}),
+    ):
+        await wait_for(lambda: drained(redis, tagged), timeout_s=30, what="both accounts")
+    assert set(api.state.confirmed_ids()) == set(home + away)
+    for account, count in (("default", 60), ("eu", 60)):
+        info: Any = await redis.xinfo_stream(keys.account_stream(account))
+        assert info["entries-added"] == count
 
 
 async def test_cluster_keys_share_one_slot_only_with_the_hash_tag(
