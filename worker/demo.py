@@ -518,13 +518,27 @@ def _stop_uninterrupted(procs: Processes) -> None:
 
 def report(summary: Summary, json_out: Path | None) -> int:
     """Print the summary (and write it as JSON); 0 if every promise held, else 1."""
-    print(f"\n{render(summary)}")
+    ok = "every seeded number confirmed, every bad entry accounted for"
+    return conclude("demo", render(summary), asdict(summary), summary.problems, json_out, ok)
+
+
+def conclude(
+    label: str,
+    text: str,
+    data: dict[str, Any],
+    problems: list[str],
+    json_out: Path | None,
+    ok: str,
+) -> int:
+    """Print ``text`` (and write ``data`` as JSON to ``json_out``), then the verdict: 0 with
+    ``ok`` when there are no ``problems``, else 1 naming them."""
+    print(f"\n{text}")
     if json_out is not None:
-        json_out.write_text(json.dumps(asdict(summary), indent=2))
-    if summary.problems:
-        print("demo failed: " + "; ".join(summary.problems), file=sys.stderr)
+        json_out.write_text(json.dumps(data, indent=2))
+    if problems:
+        print(f"{label} failed: " + "; ".join(problems), file=sys.stderr)
         return 1
-    print("demo ok: every seeded number confirmed, every bad entry accounted for")
+    print(f"{label} ok: {ok}")
     return 0
 
 

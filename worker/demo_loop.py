@@ -15,7 +15,6 @@ message otherwise, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import subprocess
 import sys
@@ -191,14 +190,10 @@ def run_closed_loop(args: argparse.Namespace, workdir: Path, procs: Processes) -
 
 def report(summary: LoopSummary, json_out: Path | None) -> int:
     """Print the summary (and write it as JSON); 0 if every promise held, else 1."""
-    print(f"\n{render(summary)}")
-    if json_out is not None:
-        json_out.write_text(json.dumps(asdict(summary), indent=2))
-    if summary.problems:
-        print("closed loop failed: " + "; ".join(summary.problems), file=sys.stderr)
-        return 1
-    print("closed loop ok: every held result polled once, acknowledged, none left pending")
-    return 0
+    ok = "every held result polled once, acknowledged, none left pending"
+    return demo.conclude(
+        "closed loop", render(summary), asdict(summary), summary.problems, json_out, ok
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
