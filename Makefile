@@ -46,8 +46,8 @@ lint: $(STAMP)
 # The main job end to end, then the closed loop: `ackworker poll` finds what the stand-in
 # holds, `ackworker run` acknowledges it, and nothing is left pending.
 demo: setup
-	$(BIN)/python -m worker.demo
-	$(BIN)/python -m worker.demo_loop
+	$(BIN)/python -m worker.dev.demo
+	$(BIN)/python -m worker.dev.closed_loop
 
 run: $(STAMP)
 	$(BIN)/ackworker --config config/ackworker.toml run

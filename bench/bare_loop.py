@@ -2,7 +2,7 @@
 
 ``python -m bench.bare_loop --redis-url URL --endpoint URL``: one reader ``XREADGROUP``s up
 to ``--batch-size`` entries at a time into a queue of ``--in-flight`` batches; as many senders
-sign each batch with :mod:`worker.signing` (V3), POST it with aiohttp, and ``XACK`` + ``XDEL``
+sign each batch with :mod:`worker.api.signing` (V3), POST it with aiohttp, and ``XACK`` + ``XDEL``
 its entries in one pipeline (the deletion keeps ``XLEN`` the backlog, as the worker does).
 No dedupe, no limiter, no retries, no reconciliation: an error answer is counted and its
 entries are left pending. Runs until SIGTERM or ``--max-s``; prints one JSON line of totals.
@@ -24,8 +24,8 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
-from worker import signing
-from worker.keys import Keys
+from worker.api import signing
+from worker.store.keys import Keys
 
 ACCESS_KEY_ID, ACCESS_KEY_SECRET = "testid", "testsecret"
 Batch = list[tuple[bytes, str]]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from worker.keys import Keys
+from worker.store.keys import Keys
 
 PREFIX = "bench"
 KEYS = Keys.for_prefix(PREFIX)

@@ -22,8 +22,8 @@ from typing import TypeVar
 import redis
 
 # Re-exported: the rest of the package imports them from here.
-from worker.sandbox import clean_env as clean_env
-from worker.sandbox import free_port as free_port
+from worker.dev.sandbox import clean_env as clean_env
+from worker.dev.sandbox import free_port as free_port
 
 T = TypeVar("T")
 

@@ -22,9 +22,9 @@ from urllib.parse import quote
 from bench.data import make_ids
 from bench.measure import ratio
 from bench.scenario import Numbers, Options, Row
-from worker import signing
-from worker.client import API_VERSION, DomainClient
-from worker.credentials import Credentials
+from worker.api import signing
+from worker.api.client import API_VERSION, DomainClient
+from worker.config.credentials import Credentials
 
 NAME = "signing"
 ROWS = (
@@ -75,7 +75,7 @@ def best_us(fn: Callable[[], object], iterations: int) -> float:
 def check_naive_agrees(params: list[tuple[str, str]]) -> None:
     """The naive signer signs the same string as ours, so the comparison is fair."""
     if naive_v1_string_to_sign(params) != signing.v1_string_to_sign("POST", params):
-        raise AssertionError("the naive V1 string to sign differs from worker.signing's")
+        raise AssertionError("the naive V1 string to sign differs from worker.api.signing's")
 
 
 def measure(iterations: int) -> Numbers:

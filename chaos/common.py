@@ -11,7 +11,7 @@ from redis import Redis
 from chaos.invariant import Ledger, check_invariant
 from chaos.procs import MockApiProc, RedisProc, Stage, WorkerProc, enqueue, wait_until, worker_env
 from chaos.report import Outcome
-from worker.keys import Keys
+from worker.store.keys import Keys
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import redis
 
 from chaos.procs import MockApiProc
-from worker.keys import Keys
+from worker.store.keys import Keys
 
 _PAGE = 10_000
 

@@ -26,11 +26,10 @@ from typing import Any
 import psutil
 import redis
 
-from worker.keys import Keys
-
 # Re-exported: the rest of the package imports them from here.
-from worker.sandbox import clean_env as clean_env
-from worker.sandbox import free_port as free_port
+from worker.dev.sandbox import clean_env as clean_env
+from worker.dev.sandbox import free_port as free_port
+from worker.store.keys import Keys
 
 PYTHON = sys.executable
 REPO = Path(__file__).resolve().parent.parent

@@ -3,7 +3,7 @@
     python -m chaos.tls_standin --port 0 --cert server.pem --key server.key
 
 ``ackworker mock-api`` speaks plain HTTP only; this serves the same application
-(:func:`worker.mockapi.app.build_app`) through an ``ssl.SSLContext``. Like ``mock-api`` it
+(:func:`worker.dev.mockapi.app.build_app`) through an ``ssl.SSLContext``. Like ``mock-api`` it
 prints ``mock-api listening on https://HOST:PORT`` once it listens, serves its admin routes
 over the same TLS port, and stops on SIGTERM or SIGINT.
 """
@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from worker.mockapi.app import MockService, build_app
-from worker.mockapi.faults import FaultInjector
-from worker.mockapi.state import TaskStore
-from worker.mockapi.verify import DEFAULT_CREDENTIALS, Verifier
+from worker.dev.mockapi.app import MockService, build_app
+from worker.dev.mockapi.auth import DEFAULT_CREDENTIALS, Authenticator
+from worker.dev.mockapi.faults import FaultInjector
+from worker.dev.mockapi.state import TaskStore
 
 
 async def serve(host: str, port: int, cert: str, key: str) -> None:
@@ -31,7 +31,7 @@ async def serve(host: str, port: int, cert: str, key: str) -> None:
     service = MockService(
         store=TaskStore(),
         injector=FaultInjector(rng=random.Random(9)),
-        verifier=Verifier([DEFAULT_CREDENTIALS]),
+        verifier=Authenticator([DEFAULT_CREDENTIALS]),
     )
     runner = web.AppRunner(build_app(service), access_log=None, handler_cancellation=True)
     await runner.setup()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from worker import sandbox
+from worker.dev import sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 free_port = sandbox.free_port

@@ -12,14 +12,15 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from worker.client import AckResult
-from worker.credentials import Credentials, CredentialSource
-from worker.keys import Keys
-from worker.lanes import AccountParts
-from worker.redis_conn import RedisClient
+from worker.api.client import AckResult
+from worker.config.credentials import Credentials, CredentialSource
+from worker.config.settings import Settings
+from worker.entries import DEFAULT_ACCOUNT
+from worker.pipeline.lanes import AccountClient, WorkerParts
+from worker.pipeline.runner import Worker
 from worker.retry import RetryPolicy
-from worker.runner import Worker, WorkerParts
-from worker.settings import Settings
+from worker.store.connection import RedisClient
+from worker.store.keys import Keys
 
 TEST_CREDENTIALS = Credentials("testid", "testsecret")
 FAST_POLICY = RetryPolicy(
@@ -118,20 +119,19 @@ async def running_worker(
     *,
     policy: RetryPolicy = FAST_POLICY,
     reload_credentials: Callable[[], None] | None = None,
-    accounts: Mapping[str, AccountParts] | None = None,
+    accounts: Mapping[str, AccountClient] | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a worker until the block ends, then drain it and wait for it to stop.
 
     ``client`` serves the default account; ``accounts`` the named ones in ``settings``.
     """
+    clients = {DEFAULT_ACCOUNT: AccountClient(client, reload_credentials), **(accounts or {})}
     parts = WorkerParts(
         redis=redis,
-        client=client,
         keys=Keys.for_prefix(settings.key_prefix),
         policy=policy,
-        reload_credentials=reload_credentials,
+        clients=clients,
         rng=random.Random(7),
-        accounts=accounts or {},
     )
     worker = Worker(settings, parts)
     async with anyio.create_task_group() as tg:

@@ -24,17 +24,18 @@ from tests.harness import (
     stream_fields,
     wait_for,
 )
-from worker.accounts import Account
-from worker.client import DomainClient
-from worker.credentials import Credentials, CredentialSource
+from worker.api.client import DomainClient
+from worker.config.accounts import Account
+from worker.config.credentials import Credentials, CredentialSource
+from worker.config.settings import Settings, load_settings
+from worker.dev.mockapi.auth import AcceptedKey as StandInKeys
+from worker.dev.mockapi.server import MockApi, serve_mock_api
+from worker.entries import DEFAULT_ACCOUNT
 from worker.errors import ConfigError
-from worker.keys import Keys
-from worker.lanes import AccountParts
-from worker.mockapi.server import MockApi, serve_mock_api
-from worker.mockapi.verify import Credentials as StandInKeys
-from worker.producer import enqueue
+from worker.pipeline.lanes import AccountClient
 from worker.retry import RetryPolicy
-from worker.settings import Settings, load_settings
+from worker.store.enqueue import enqueue
+from worker.store.keys import Keys
 
 pytestmark = pytest.mark.anyio
 
@@ -186,12 +187,12 @@ def two_account_settings(
 
 
 @asynccontextmanager
-async def clients(home: MockApi, eu: MockApi) -> AsyncIterator[tuple[DomainClient, AccountParts]]:
+async def clients(home: MockApi, eu: MockApi) -> AsyncIterator[tuple[DomainClient, AccountClient]]:
     async with (
         DomainClient(endpoint=home.url, credentials=TEST_CREDENTIALS, pool_size=2) as home_client,
         DomainClient(endpoint=eu.url, credentials=EU, pool_size=2) as eu_client,
     ):
-        yield home_client, AccountParts(eu_client)
+        yield home_client, AccountClient(eu_client)
 
 
 async def test_each_account_is_acknowledged_at_its_own_endpoint_and_never_mixed(
@@ -296,7 +297,7 @@ async def test_refused_credentials_pause_only_their_account(
             if fixed.is_set():
                 eu_client.set_credentials(EU)
 
-        eu_parts = AccountParts(eu_client, reload)
+        eu_parts = AccountClient(eu_client, reload)
         async with running_worker(
             settings, redis, home_client, accounts={"eu": eu_parts}
         ) as worker:
@@ -307,7 +308,7 @@ async def test_refused_credentials_pause_only_their_account(
             await wait_for(home_done, what="the default account to flow")
             paused = worker.vitals()["paused"]
             assert paused == "eu:SignatureDoesNotMatch", paused
-            assert worker.gate.is_open  # the default account's gate
+            assert worker.lanes[DEFAULT_ACCOUNT].gate.is_open  # the default account's gate
             assert eu.state.confirmed_count == 0
 
             fixed.set()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.batcher import BatchAssembler
 from worker.entries import Batch, Entry
+from worker.pipeline.batcher import BatchAssembler
 
 numbers = st.sampled_from([f"n{i}" for i in range(40)])
 chunks = st.lists(st.lists(numbers, max_size=30), max_size=20)

@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.conftest import free_port
-from worker.client import DomainClient
-from worker.credentials import Credentials
+from worker.api.client import DomainClient
+from worker.config.credentials import Credentials
+from worker.dev.mockapi.auth import AcceptedKey as MockKey
+from worker.dev.mockapi.server import MockApi, serve_mock_api
 from worker.errors import (
     ApiError,
     AuthError,
@@ -19,8 +21,6 @@ from worker.errors import (
     ThrottledError,
     TransportError,
 )
-from worker.mockapi.server import MockApi, serve_mock_api
-from worker.mockapi.verify import Credentials as MockKey
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""``python -m worker.demo`` end to end: real redis-server, the stand-in, ``ackworker run``."""
+"""``python -m worker.dev.demo`` end to end: real redis-server, the stand-in, ``ackworker run``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, worker_env
-from worker.demo import MALFORMED
+from worker.dev.demo import MALFORMED
 
 COUNT = 300
 UNKNOWN = 12
@@ -20,7 +20,7 @@ DUPLICATES = 25
 
 def run_demo(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     summary_file = tmp_path / "summary.json"
-    args = [sys.executable, "-m", "worker.demo", "--count", str(COUNT)]
+    args = [sys.executable, "-m", "worker.dev.demo", "--count", str(COUNT)]
     args += ["--unknown", str(UNKNOWN), "--duplicates", str(DUPLICATES)]
     args += ["--timeout-s", "60", "--log-dir", str(tmp_path), "--json-out", str(summary_file)]
     done = subprocess.run(

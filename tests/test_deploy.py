@@ -3,7 +3,7 @@
 No Docker engine or Kubernetes cluster is available here, so images are not built and
 manifests are not applied; the systemd unit is checked for real with ``systemd-analyze
 verify``. Grace periods are checked against the worker's own shutdown grace and final-write
-time, key names against :class:`~worker.keys.Keys`, variable names against the settings.
+time, key names against :class:`~worker.store.keys.Keys`, variable names against the settings.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from tests.conftest import PYTHON, REPO
-from worker.heartbeat import HEALTH_TIMEOUT_S
-from worker.keys import Keys
-from worker.runner import FINAL_WRITE_S
-from worker.settings import ENV_NAMES, Settings
+from worker.commands.health import HEALTH_TIMEOUT_S
+from worker.config.settings import ENV_NAMES, Settings
+from worker.pipeline.runner import FINAL_WRITE_S
+from worker.store.keys import Keys
 
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "kubernetes"

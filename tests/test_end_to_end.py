@@ -26,12 +26,12 @@ from tests.harness import (
     stream_fields,
     wait_for,
 )
-from worker.client import DomainClient
-from worker.credentials import Credentials
-from worker.keys import Keys
-from worker.mockapi.server import MockApi, serve_mock_api
-from worker.producer import enqueue
-from worker.redis_conn import RedisClient
+from worker.api.client import DomainClient
+from worker.config.credentials import Credentials
+from worker.dev.mockapi.server import MockApi, serve_mock_api
+from worker.store.connection import RedisClient
+from worker.store.enqueue import enqueue
+from worker.store.keys import Keys
 
 pytestmark = pytest.mark.anyio
 

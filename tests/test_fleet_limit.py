@@ -16,9 +16,9 @@ from redis.asyncio import Redis
 
 from tests.conftest import RedisServer
 from tests.harness import drained, make_settings, running_worker, wait_for, with_consumer
-from worker.client import AckResult
-from worker.keys import Keys
-from worker.producer import enqueue
+from worker.api.client import AckResult
+from worker.store.enqueue import enqueue
+from worker.store.keys import Keys
 
 pytestmark = pytest.mark.anyio
 

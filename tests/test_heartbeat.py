@@ -15,10 +15,11 @@ from redis.asyncio import Redis
 
 from tests.conftest import PYTHON, RedisServer, worker_env
 from tests.harness import ScriptedApi, make_settings, running_worker, wait_for
-from worker.client import AckResult
+from worker.api.client import AckResult
+from worker.entries import DEFAULT_ACCOUNT
 from worker.errors import AuthError
-from worker.heartbeat import Heartbeat, read_beats
-from worker.keys import Keys
+from worker.store.heartbeat import Heartbeat, read_beats
+from worker.store.keys import Keys
 
 pytestmark = pytest.mark.anyio
 
@@ -67,7 +68,7 @@ async def test_a_worker_that_stops_sending_says_so_in_its_heartbeat(
         await redis.xadd(Keys(prefix).tasks, {"id": "n1"})
 
         async def gate_closed() -> bool:
-            return not worker.gate.is_open
+            return not worker.lanes[DEFAULT_ACCOUNT].gate.is_open
 
         await wait_for(gate_closed, what="the gate to close")
         beat = Heartbeat(redis, Keys(prefix), settings.consumer, worker.vitals)

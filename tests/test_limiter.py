@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from worker.keys import Keys
-from worker.limiter import RateLimiter
+from worker.store.keys import Keys
+from worker.store.limiter import RateLimiter
 
 pytestmark = pytest.mark.anyio
 

@@ -25,10 +25,10 @@ from tests.test_mockapi_support import (
     v1_request,
     v3_request,
 )
-from worker.mockapi.app import parse_pairs
-from worker.mockapi.server import MockApi, serve_mock_api
-from worker.mockapi.state import FAILED, SUCCEEDED
-from worker.mockapi.verify import Credentials
+from worker.dev.mockapi.app import parse_pairs
+from worker.dev.mockapi.auth import AcceptedKey
+from worker.dev.mockapi.server import MockApi, serve_mock_api
+from worker.dev.mockapi.state import FAILED, SUCCEEDED
 
 pytestmark = pytest.mark.anyio
 IDS = [f"{n:032x}" for n in range(1, 6)]
@@ -142,7 +142,7 @@ async def test_x_acs_header_must_be_signed(api: MockApi, session: aiohttp.Client
 
 @pytest.mark.parametrize("signer", SIGNERS)
 async def test_unknown_key(api: MockApi, session: aiohttp.ClientSession, signer: str) -> None:
-    stranger = Credentials("nobody", "testsecret")
+    stranger = AcceptedKey("nobody", "testsecret")
     if signer == "v3":
         request = v3_request(api.endpoint, ACK, ids_params(IDS[:1]), key=stranger)
     else:
@@ -151,7 +151,7 @@ async def test_unknown_key(api: MockApi, session: aiohttp.ClientSession, signer:
 
 
 async def test_wrong_secret(api: MockApi, session: aiohttp.ClientSession) -> None:
-    request = v1_request(api.endpoint, ACK, ids_params(IDS[:1]), key=Credentials("testid", "x"))
+    request = v1_request(api.endpoint, ACK, ids_params(IDS[:1]), key=AcceptedKey("testid", "x"))
     reply = await send(session, request)
     assert_error(reply, 400, "SignatureDoesNotMatch")
     # The V1 message carries the server's string to sign after the first ':' (the SDK reads it).
@@ -173,7 +173,7 @@ async def test_rejected_request_does_not_use_up_its_nonce(
     api: MockApi, session: aiohttp.ClientSession
 ) -> None:
     bad = v3_request(
-        api.endpoint, ACK, ids_params(IDS[:1]), nonce="n-3", key=Credentials("testid", "x")
+        api.endpoint, ACK, ids_params(IDS[:1]), nonce="n-3", key=AcceptedKey("testid", "x")
     )
     assert_error(await send(session, bad), 400, "SignatureDoesNotMatch")
     good = v3_request(api.endpoint, ACK, ids_params(IDS[:1]), nonce="n-3")
@@ -235,15 +235,15 @@ async def test_v1_only_json(api: MockApi, session: aiohttp.ClientSession) -> Non
 
 @pytest.mark.parametrize("signer", SIGNERS)
 async def test_sts_token_required(session: aiohttp.ClientSession, signer: str) -> None:
-    sts = Credentials("STS.key", "sts-secret", "token-1")
-    bare = Credentials("STS.key", "sts-secret")
-    wrong = Credentials("STS.key", "sts-secret", "token-x")
-    rotated = Credentials("STS.key", "sts-secret-2", "token-2")
+    sts = AcceptedKey("STS.key", "sts-secret", "token-1")
+    bare = AcceptedKey("STS.key", "sts-secret")
+    wrong = AcceptedKey("STS.key", "sts-secret", "token-x")
+    rotated = AcceptedKey("STS.key", "sts-secret-2", "token-2")
 
     async with serve_mock_api(keys=sts) as api:
         api.state.seed(IDS)
 
-        def request(key: Credentials, number: str) -> Prepared:
+        def request(key: AcceptedKey, number: str) -> Prepared:
             params = ids_params([number])
             if signer == "v3":
                 return v3_request(api.endpoint, ACK, params, key=key)
@@ -460,7 +460,7 @@ async def test_admin_keys_replace_accepted_keys(
     assert b"s3cr3t-value" not in reply.body
     old = await send(session, v3_request(api.endpoint, ACK, ids_params(IDS[:1])))
     assert_error(old, 404, "InvalidAccessKeyId.NotFound")
-    key = Credentials("rotated", "s3cr3t-value")
+    key = AcceptedKey("rotated", "s3cr3t-value")
     fresh = await send(session, v3_request(api.endpoint, ACK, ids_params(IDS[:1]), key=key))
     assert fresh.json()["Result"] == 1
 
@@ -508,8 +508,8 @@ async def test_mismatch_message_hides_the_security_token(
     session: aiohttp.ClientSession, signer: str
 ) -> None:
     token = "TOKEN-abc/with+odd=chars"
-    wrong = Credentials("STS.key", "not-the-secret", token)
-    async with serve_mock_api(keys=Credentials("STS.key", "sts-secret", token)) as api:
+    wrong = AcceptedKey("STS.key", "not-the-secret", token)
+    async with serve_mock_api(keys=AcceptedKey("STS.key", "sts-secret", token)) as api:
         if signer == "v3":
             request = v3_request(api.endpoint, ACK, ids_params(IDS[:1]), key=wrong)
         else:

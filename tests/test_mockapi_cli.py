@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import PYTHON, REPO, worker_env
 from tests.test_mockapi_support import ACK, Prepared, ids_params, v1_request
-from worker.mockapi.verify import Credentials
+from worker.dev.mockapi.auth import AcceptedKey
 
 LISTENING = "mock-api listening on http://127.0.0.1:"
 SECRET = "cli-SECRET-do-not-print"
@@ -103,7 +103,7 @@ def test_seed_to_stdout_listens_on_stderr_and_stops_on_sigterm(mock_api: Any) ->
     url = line.removeprefix("mock-api listening on ")
     assert get_json(f"{url}/_admin/pending") == {"ids": ids, "count": 5}
     endpoint = url.removeprefix("http://")
-    key = Credentials("testid", SECRET)
+    key = AcceptedKey("testid", SECRET)
     assert call(v1_request(endpoint, ACK, ids_params(ids[:2]), key=key))["Result"] == 2
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
@@ -132,7 +132,7 @@ def test_credentials_default_from_the_environment(mock_api: Any) -> None:
     env = {"ALIBABA_CLOUD_ACCESS_KEY_ID": "envid", "ALIBABA_CLOUD_ACCESS_KEY_SECRET": SECRET}
     proc, out, err = mock_api("--fault-seed", "3", "--latency-ms", "1", **env)
     url = out.next().removeprefix("mock-api listening on ")
-    key = Credentials("envid", SECRET)
+    key = AcceptedKey("envid", SECRET)
     answer = call(v1_request(url.removeprefix("http://"), ACK, ids_params(["x"]), key=key))
     assert answer["Result"] == 0
     assert get_json(f"{url}/_admin/faults")["latency_ms"] == 1.0

@@ -21,11 +21,11 @@ from tests.test_mockapi_support import (
     v1_request,
     v3_request,
 )
-from worker.mockapi.faults import Fault, FaultInjector, Faults, InvalidFault, TokenBucket
-from worker.mockapi.nonces import NonceCache
-from worker.mockapi.server import MockApi, serve_mock_api, start_mock_api
-from worker.mockapi.state import TaskStore
-from worker.mockapi.stats import RequestStats
+from worker.dev.mockapi.faults import Fault, FaultInjector, Faults, InvalidFault, TokenBucket
+from worker.dev.mockapi.nonces import NonceCache
+from worker.dev.mockapi.server import MockApi, serve_mock_api, start_mock_api
+from worker.dev.mockapi.state import TaskStore
+from worker.dev.mockapi.stats import RequestStats
 
 IDS = [f"{n:032x}" for n in range(1, 6)]
 

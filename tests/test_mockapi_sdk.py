@@ -28,12 +28,12 @@ from aliyunsdkcore.client import AcsClient  # type: ignore[import-untyped]
 from aliyunsdkcore.request import CommonRequest, RpcRequest  # type: ignore[import-untyped]
 from darabonba.core import DaraCore  # type: ignore[import-untyped]
 
-from worker.mockapi.server import MockApi, serve_mock_api
-from worker.mockapi.verify import Credentials
+from worker.dev.mockapi.auth import AcceptedKey
+from worker.dev.mockapi.server import MockApi, serve_mock_api
 
 pytestmark = pytest.mark.anyio
-KEY = Credentials("LTAIsdktest", "sdk-secret")
-STS = Credentials("STS.sdktest", "sts-secret", "sts-token-1")
+KEY = AcceptedKey("LTAIsdktest", "sdk-secret")
+STS = AcceptedKey("STS.sdktest", "sts-secret", "sts-token-1")
 IDS = [f"{n:032x}" for n in range(100, 110)]
 
 
@@ -65,7 +65,7 @@ def close_tea_sessions(endpoint: str) -> None:
 # --- tea-openapi, V3 ------------------------------------------------------------------------
 
 
-def tea_client(api: MockApi, key: Credentials = KEY) -> Any:
+def tea_client(api: MockApi, key: AcceptedKey = KEY) -> Any:
     config = openapi_models.Config(
         access_key_id=key.access_key_id,
         access_key_secret=key.access_key_secret,
@@ -78,7 +78,7 @@ def tea_client(api: MockApi, key: Credentials = KEY) -> Any:
     return Client(config)
 
 
-def tea_acknowledge(api: MockApi, ids: list[str], key: Credentials = KEY) -> Any:
+def tea_acknowledge(api: MockApi, ids: list[str], key: AcceptedKey = KEY) -> Any:
     request = domain_models.AcknowledgeTaskResultRequest(task_detail_no=ids, lang="en")
     return tea_client(api, key).acknowledge_task_result(request).body.to_map()
 
@@ -105,14 +105,14 @@ async def test_tea_v3_acknowledge_and_poll(api: MockApi) -> None:
 async def test_tea_v3_with_sts_token(api: MockApi) -> None:
     answer = await anyio.to_thread.run_sync(tea_acknowledge, api, IDS[:2], STS)
     assert answer["Result"] == 2
-    stolen = Credentials(STS.access_key_id, STS.access_key_secret, "not-the-token")
+    stolen = AcceptedKey(STS.access_key_id, STS.access_key_secret, "not-the-token")
     with pytest.raises(ClientException) as caught:
         await anyio.to_thread.run_sync(tea_acknowledge, api, IDS[2:3], stolen)
     assert caught.value.code == "InvalidSecurityToken.MismatchWithAccessKey"
 
 
 async def test_tea_reads_our_errors(api: MockApi) -> None:
-    wrong = Credentials(KEY.access_key_id, "wrong-secret")
+    wrong = AcceptedKey(KEY.access_key_id, "wrong-secret")
     with pytest.raises(ClientException) as caught:
         await anyio.to_thread.run_sync(tea_acknowledge, api, IDS[:1], wrong)
     assert (caught.value.code, caught.value.status_code) == ("SignatureDoesNotMatch", 400)
@@ -145,7 +145,7 @@ def core_acknowledge(
     api: MockApi,
     ids: list[str],
     *,
-    key: Credentials = KEY,
+    key: AcceptedKey = KEY,
     method: str = "POST",
     in_body: bool = False,
 ) -> bytes:

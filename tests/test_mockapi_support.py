@@ -19,8 +19,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from worker.mockapi.verify import API_VERSION, DEFAULT_CREDENTIALS, Credentials
-from worker.signing import (
+from worker.api.signing import (
     FORM_CONTENT_TYPE,
     canonical_query,
     flatten_list,
@@ -31,6 +30,7 @@ from worker.signing import (
     v3_canonical,
     v3_signature,
 )
+from worker.dev.mockapi.auth import API_VERSION, DEFAULT_CREDENTIALS, AcceptedKey
 
 KEY = DEFAULT_CREDENTIALS
 ACK = "AcknowledgeTaskResult"
@@ -74,7 +74,7 @@ def v3_request(
     query: Params = (),
     *,
     form: Params | None = None,
-    key: Credentials = KEY,
+    key: AcceptedKey = KEY,
     method: str = "POST",
     nonce: str | None = None,
     date: str | None = None,
@@ -109,7 +109,7 @@ def v1_params(
     params: Params = (),
     *,
     method: str = "POST",
-    key: Credentials = KEY,
+    key: AcceptedKey = KEY,
     nonce: str | None = None,
     timestamp: str | None = None,
     version: str = API_VERSION,

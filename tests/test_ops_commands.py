@@ -15,14 +15,14 @@ from redis.asyncio import Redis
 
 from tests.conftest import PYTHON, RedisServer, worker_env
 from tests.harness import ScriptedApi, drained, make_settings, running_worker, wait_for
-from worker import ops
-from worker.client import AckResult
+from worker.api.client import AckResult
+from worker.commands import common as ops
+from worker.commands.status import collect_status
 from worker.errors import PermanentApiError
-from worker.heartbeat import Heartbeat
-from worker.keys import Keys
-from worker.limiter import RateLimiter
-from worker.producer import enqueue
-from worker.status import collect_status
+from worker.store.enqueue import enqueue
+from worker.store.heartbeat import Heartbeat
+from worker.store.keys import Keys
+from worker.store.limiter import RateLimiter
 
 pytestmark = pytest.mark.anyio
 

@@ -20,11 +20,11 @@ from tests.harness import (
     wait_for,
     with_consumer,
 )
-from worker.client import AckResult
-from worker.entries import Entry
-from worker.keys import Keys
-from worker.producer import InvalidIdError, enqueue
-from worker.settle import Settler
+from worker.api.client import AckResult
+from worker.entries import DEFAULT_ACCOUNT, Entry
+from worker.store.enqueue import InvalidIdError, enqueue
+from worker.store.keys import Keys
+from worker.store.settle import Settler
 
 pytestmark = pytest.mark.anyio
 
@@ -101,7 +101,7 @@ async def test_same_number_in_flight_is_not_sent_twice(
     async with running_worker(settings, redis, SlowApi()) as worker:
 
         async def one_call_in_flight() -> bool:
-            return len(calls) == 1 and len(worker.holdings) == 2
+            return len(calls) == 1 and len(worker.lanes[DEFAULT_ACCOUNT].holdings) == 2
 
         await wait_for(one_call_in_flight, what="first request in flight")
         release.set()
@@ -157,7 +157,7 @@ async def test_hard_stop_hands_back_unsent_and_keeps_sent_pending(
     async with running_worker(settings, redis, api) as worker:
 
         async def stuck() -> bool:
-            return len(calls) == 1 and len(worker.holdings) == 30
+            return len(calls) == 1 and len(worker.lanes[DEFAULT_ACCOUNT].holdings) == 30
 
         await wait_for(stuck, what="one request stuck, everything read")
     # The grace period expired with one request in flight: its 10 entries stay pending
@@ -192,12 +192,12 @@ async def test_prefetch_is_bounded_by_concurrency_and_batch_size(
     async with running_worker(settings, redis, api) as worker:
 
         async def saturated() -> bool:
-            return len(calls) == 2 and len(worker.holdings) >= 40
+            return len(calls) == 2 and len(worker.lanes[DEFAULT_ACCOUNT].holdings) >= 40
 
         await wait_for(saturated, what="both senders stuck and the queue full")
         # Two batches sent, two queued, one open: 2 x concurrency x batch_size + batch_size.
         summary = await redis.xpending(keys.tasks, keys.group)
-        assert summary["pending"] == len(worker.holdings) <= 50
+        assert summary["pending"] == len(worker.lanes[DEFAULT_ACCOUNT].holdings) <= 50
     assert await backlog(redis, prefix) == 500
 
 

@@ -24,16 +24,17 @@ from redis.asyncio import Redis
 
 from tests.conftest import PYTHON, REPO, RedisServer, free_port, worker_env
 from tests.harness import FAST_POLICY, TEST_CREDENTIALS, make_settings, stream_fields, wait_for
-from worker.accounts import Account, client_for
-from worker.credentials import CredentialSource
-from worker.keys import Keys
-from worker.limiter import RateLimiter
-from worker.mockapi.server import MockApi, serve_mock_api
-from worker.mockapi.verify import Credentials as MockKey
-from worker.poller import CycleReport, Poller, PollerParts, memory_ttl_s
-from worker.producer import EnqueueMemory, Item, enqueue
+from worker.config.accounts import Account
+from worker.config.credentials import CredentialSource
+from worker.config.settings import Settings
+from worker.dev.mockapi.auth import AcceptedKey as MockKey
+from worker.dev.mockapi.server import MockApi, serve_mock_api
+from worker.pipeline.clients import client_for
+from worker.pipeline.poller import CycleReport, Poller, PollerParts, memory_ttl_s
 from worker.retry import RetryPolicy
-from worker.settings import Settings
+from worker.store.enqueue import EnqueueMemory, Item, enqueue
+from worker.store.keys import Keys
+from worker.store.limiter import RateLimiter
 
 pytestmark = pytest.mark.anyio
 
@@ -553,7 +554,7 @@ def test_cycle_report_fields_add_up() -> None:
 @pytest.mark.slow
 def test_the_closed_loop_demo_leaves_nothing_pending(tmp_path: Path) -> None:
     out = tmp_path / "loop.json"
-    args = [PYTHON, "-m", "worker.demo_loop", "--count", "600", "--timeout-s", "60"]
+    args = [PYTHON, "-m", "worker.dev.closed_loop", "--count", "600", "--timeout-s", "60"]
     args += ["--log-dir", str(tmp_path), "--json-out", str(out)]
     done = subprocess.run(
         args, cwd=REPO, env=worker_env(), capture_output=True, text=True, timeout=100, check=False

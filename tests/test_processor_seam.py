@@ -20,10 +20,10 @@ from tests.harness import (
     stream_fields,
     wait_for,
 )
-from worker.client import AckResult
+from worker.api.client import AckResult
 from worker.errors import AuthError, PermanentApiError, ServerError
-from worker.keys import Keys
-from worker.producer import enqueue
+from worker.store.enqueue import enqueue
+from worker.store.keys import Keys
 
 pytestmark = pytest.mark.anyio
 

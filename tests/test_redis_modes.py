@@ -38,18 +38,20 @@ from tests.harness import (
 )
 from tests.test_end_to_end import assert_invariant
 from tests.topologies import MASTER_NAME, ClusterSetup, SentinelSetup, TlsRedis
-from worker.accounts import Account
-from worker.client import AckResult, DomainClient
-from worker.credentials import CredentialSource
+from worker.api.client import AckResult, DomainClient
+from worker.config.accounts import Account
+from worker.config.credentials import CredentialSource
+from worker.config.settings import Settings
+from worker.config.topology import keys_for, open_redis
+from worker.dev.mockapi.server import MockApi, serve_mock_api
+from worker.entries import DEFAULT_ACCOUNT
 from worker.errors import ConfigError, PermanentApiError, ThrottledError
-from worker.keys import Keys
-from worker.lanes import AccountParts
-from worker.mockapi.server import MockApi, serve_mock_api
-from worker.producer import enqueue
-from worker.redis_conn import RedisClient, keys_for, open_redis
-from worker.runner import Worker, WorkerParts
-from worker.settings import Settings
-from worker.settle import Settlement, Settler
+from worker.pipeline.lanes import AccountClient, WorkerParts
+from worker.pipeline.runner import Worker
+from worker.store.connection import RedisClient
+from worker.store.enqueue import enqueue
+from worker.store.keys import Keys
+from worker.store.settle import Settlement, Settler
 
 pytestmark = pytest.mark.anyio
 
@@ -191,9 +193,8 @@ async def test_tls_wrong_password_stops_start_up_without_showing_it(
         tls_redis.url(password=wrong), prefix, redis_ca_file=str(tls_redis.tls.ca_cert)
     )
     redis = connect(opened, settings)
-    parts = WorkerParts(
-        redis=redis, client=ScriptedApi(), keys=keys_for(settings), policy=FAST_POLICY
-    )
+    clients = {DEFAULT_ACCOUNT: AccountClient(ScriptedApi())}
+    parts = WorkerParts(redis=redis, keys=keys_for(settings), policy=FAST_POLICY, clients=clients)
     with pytest.raises(ConfigError, match="ACKWORKER_REDIS_URL") as caught:
         await Worker(settings, parts).run()
     assert wrong not in str(caught.value)
@@ -325,7 +326,7 @@ async def test_cluster_routes_two_accounts_within_the_hash_tag(
     await enqueue(redis, keys, away, account="eu")
     async with (
         DomainClient(endpoint=api.url, credentials=TEST_CREDENTIALS, pool_size=4) as client,
-        running_worker(settings, redis, client, accounts={"eu": AccountParts(client)}),
+        running_worker(settings, redis, client, accounts={"eu": AccountClient(client)}),
     ):
         await wait_for(lambda: drained(redis, tagged), timeout_s=30, what="both accounts")
     assert set(api.state.confirmed_ids()) == set(home + away)

@@ -18,9 +18,9 @@ from tests.harness import (
     with_consumer,
 )
 from worker.entries import Entry, Holdings
-from worker.keeper import Keeper
-from worker.keys import Keys
-from worker.producer import enqueue
+from worker.store.enqueue import enqueue
+from worker.store.keys import Keys
+from worker.store.leases import LeaseRenewer
 
 pytestmark = pytest.mark.anyio
 
@@ -127,10 +127,10 @@ async def test_keeper_touches_only_entries_still_ours(redis: Redis, prefix: str)
     everything = await redis.xpending_range(keys.tasks, keys.group, "-", "+", 10)
     peer_entry = Entry(everything[-1]["message_id"], IDS[3])
     holdings = Holdings()
-    keeper = Keeper(redis, keys, "me", holdings, claim_idle_ms=1000)
+    renewer = LeaseRenewer(redis, keys, "me", holdings, claim_idle_ms=1000)
     old = {IDS[0]: "me|b1|1", IDS[1]: "me|b1|1", IDS[2]: "other|b1|1"}
     await redis.hset(keys.inflight, mapping=old)  # type: ignore[misc]
-    kept = await keeper.touch([*mine, peer_entry])
+    kept = await renewer.touch([*mine, peer_entry])
     after = await redis.xpending_range(keys.tasks, keys.group, "-", "+", 10)
     leases = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.inflight)).items()}  # type: ignore[misc]
     assert leases[IDS[0]].startswith("me|b1|")

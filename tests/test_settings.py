@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.errors import ConfigError
-from worker.settings import (
+from worker.config.settings import (
     ENV_NAMES,
     ENV_PREFIX,
     SETTINGS_DOC,
@@ -24,6 +23,7 @@ from worker.settings import (
     load_settings,
     mask_url_password,
 )
+from worker.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config" / "ackworker.toml"

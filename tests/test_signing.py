@@ -7,8 +7,8 @@ import urllib.parse
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker import signing
-from worker.signing import (
+from worker.api import signing
+from worker.api.signing import (
     EMPTY_SHA256,
     canonical_query,
     flatten_list,

@@ -21,15 +21,16 @@ from tests.harness import (
     stream_fields,
     wait_for,
 )
-from worker.client import AckResult, DomainClient, PollPage
+from worker.api.client import AckResult, DomainClient, PollPage
+from worker.commands.reconcile import list_reconcile, record_json
+from worker.dev.mockapi.server import MockApi, serve_mock_api
 from worker.entries import Batch, Entry
 from worker.errors import ServerError
-from worker.keys import Keys
-from worker.limiter import LimiterReply, RateLimiter
-from worker.mockapi.server import MockApi, serve_mock_api
-from worker.producer import enqueue
-from worker.reconcile_list import list_reconcile, record_json
-from worker.verify import Check, Verifier, make_verifier
+from worker.pipeline.lanes import build_verifier
+from worker.pipeline.verify import Check, Verifier
+from worker.store.enqueue import enqueue
+from worker.store.keys import Keys
+from worker.store.limiter import LimiterReply, RateLimiter
 
 pytestmark = pytest.mark.anyio
 
@@ -233,10 +234,10 @@ async def test_api_errors_fail_the_check_after_retries(
 
 async def test_no_verifier_when_off_or_when_the_client_cannot_poll(client: DomainClient) -> None:
     settings = make_settings("redis://127.0.0.1:1/0", "p")
-    assert isinstance(make_verifier(settings, client, policy=FAST_POLICY), Verifier)
+    assert isinstance(build_verifier(settings, client, policy=FAST_POLICY), Verifier)
     off = make_settings("redis://127.0.0.1:1/0", "p", verify_shortfall=False)
-    assert make_verifier(off, client, policy=FAST_POLICY) is None
-    assert make_verifier(settings, object(), policy=FAST_POLICY) is None
+    assert build_verifier(off, client, policy=FAST_POLICY) is None
+    assert build_verifier(settings, object(), policy=FAST_POLICY) is None
 
 
 # --- a worker against dropped confirmations ----------------------------------------------

@@ -29,16 +29,18 @@ from tests.harness import (
     running_worker,
     wait_for,
 )
-from worker.client import AckResult
+from worker.api.client import AckResult
 from worker.clock import SYSTEM_CLOCK
-from worker.entries import Holdings
+from worker.entries import DEFAULT_ACCOUNT, Holdings
 from worker.errors import AuthError, ConfigError, PermanentApiError, ServerError, ThrottledError
-from worker.gate import SendGate
-from worker.httpserver import build_app, serve_http
-from worker.keys import Keys
-from worker.producer import enqueue
-from worker.runner import Worker, WorkerParts
-from worker.stats import Totals, WorkerView
+from worker.observe.endpoint import build_app, serve_http
+from worker.observe.view import WorkerView
+from worker.pipeline.lanes import AccountClient, WorkerParts
+from worker.pipeline.runner import Worker
+from worker.pipeline.sendgate import SendGate
+from worker.store.enqueue import enqueue
+from worker.store.keys import Keys
+from worker.totals import Totals
 
 pytestmark = pytest.mark.anyio
 
@@ -235,7 +237,9 @@ async def serving(view: WorkerView) -> AsyncIterator[int]:
 def _view(redis: Redis, prefix: str) -> WorkerView:
     gate = SendGate(FAST_POLICY, SYSTEM_CLOCK, lambda: None)
     keys = Keys(prefix)
-    return WorkerView(redis, keys, Totals(), Holdings(), gate, anyio.Event(), 10.0)
+    return WorkerView(
+        redis, keys, Totals(), Holdings(), {DEFAULT_ACCOUNT: gate}, anyio.Event(), 10.0
+    )
 
 
 async def test_readyz_is_503_when_redis_is_unreachable(prefix: str) -> None:
@@ -341,7 +345,9 @@ async def test_healthz_answers_while_redis_is_still_awaited_at_start(prefix: str
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     settings = make_settings(dead_redis, prefix, http_port=port)
     redis = Redis.from_url(dead_redis)
-    parts = WorkerParts(redis, ScriptedApi(), Keys(prefix), FAST_POLICY)
+    parts = WorkerParts(
+        redis, Keys(prefix), FAST_POLICY, {DEFAULT_ACCOUNT: AccountClient(ScriptedApi())}
+    )
     worker = Worker(settings, parts)
     try:
         async with anyio.create_task_group() as tg:

@@ -17,13 +17,14 @@ from redis.asyncio import Redis
 from tests.conftest import RedisServer, free_port
 from tests.harness import FAST_POLICY, ScriptedApi, drained, make_settings, running_worker, wait_for
 from worker.clock import SYSTEM_CLOCK
-from worker.entries import Holdings
-from worker.gate import SendGate
-from worker.keys import Keys
+from worker.entries import DEFAULT_ACCOUNT, Holdings
 from worker.logs import configure_logging
-from worker.producer import enqueue
-from worker.reporter import StatsReporter
-from worker.stats import LatencyHistogram, Totals, WorkerView
+from worker.observe.reporter import StatsReporter
+from worker.observe.view import WorkerView
+from worker.pipeline.sendgate import SendGate
+from worker.store.enqueue import enqueue
+from worker.store.keys import Keys
+from worker.totals import LatencyHistogram, Totals
 
 pytestmark = pytest.mark.anyio
 
@@ -108,7 +109,9 @@ class SteppingClock:
 
 def _view(redis: Redis, prefix: str, totals: Totals) -> WorkerView:
     gate = SendGate(FAST_POLICY, SYSTEM_CLOCK, lambda: None)
-    return WorkerView(redis, Keys(prefix), totals, Holdings(), gate, anyio.Event(), 10.0)
+    return WorkerView(
+        redis, Keys(prefix), totals, Holdings(), {DEFAULT_ACCOUNT: gate}, anyio.Event(), 10.0
+    )
 
 
 def _settled_all(event: dict[str, Any]) -> bool:

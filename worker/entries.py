@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 import anyio
 import orjson
 
-from worker.digest import digests
+from worker.ids import digests
+
+DEFAULT_ACCOUNT = "default"
+"""The account of an entry without an ``account`` field: the top-level settings' one."""
 
 MAX_ID_LEN = 64
 _VALID_ID = re.compile(rb"[A-Za-z0-9_-]{1,64}").fullmatch
@@ -37,11 +40,11 @@ class Entry:
     task_no: str | None = None
     domain: str | None = None
     delivered: int = 1
-    account: str = "default"
+    account: str = DEFAULT_ACCOUNT
     # Set once a request carrying this entry's number may have reached the API; such an
     # entry is never handed back on shutdown, because its outcome is unknown.
     sent: bool = False
-    # The batch whose in-flight lease covers this entry's number, once reserved: the keeper
+    # The batch whose in-flight lease covers this entry's number, once reserved: the lease$
     # extends only leases some held entry is covered by.
     lease: str | None = None
 
@@ -123,9 +126,6 @@ def _next_batch_id(consumer: str) -> str:
     global _batch_counter
     _batch_counter += 1
     return f"{consumer}-{_batch_counter}"
-
-
-DEFAULT_ACCOUNT = "default"
 
 
 @dataclass(slots=True)

@@ -25,6 +25,19 @@ Messages never contain secrets; callers build them from codes, ids and response 
 
 from __future__ import annotations
 
+MESSAGE_LIMIT = 300
+"""Characters of an error text kept where it reaches a log line, a dead letter or a reply."""
+
+
+def clip(text: str) -> str:
+    """``text`` cut to :data:`MESSAGE_LIMIT` characters."""
+    return text[:MESSAGE_LIMIT]
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of ``exc``, clipped."""
+    return clip(f"{type(exc).__name__}: {exc}")
+
 
 class AckworkerError(Exception):
     """Root of every error ackworker raises on purpose."""
@@ -69,7 +82,7 @@ class ApiError(AckworkerError):
     def summary(self) -> str:
         """Short ``code: message`` form for dead letters, capped at 300 characters."""
         text = f"{self.code}: {self.message}" if self.message else self.code
-        return text[:300]
+        return clip(text)
 
 
 class RetryableApiError(ApiError):

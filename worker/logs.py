@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 import structlog
 
+from worker.errors import clip
+
 MASK = "***"
 _SENSITIVE_KEYS = frozenset(
     {
@@ -129,6 +131,13 @@ def configure_logging(
         logger_factory=factory,
         cache_logger_on_first_use=cache,
     )
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message``, clipped and scrubbed: it may reach a log line or an HTTP answer."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "TimeoutError: no answer in time"
+    return clip(scrubber.scrub_text(f"{type(exc).__name__}: {exc}"))
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -1,4 +1,4 @@
-"""Retry timing: bounded exponential back-off with full jitter, and the credentials probe.
+"""Retries and back-off: the API retry policy and helper, the credentials probe, and Redis.
 
 Declarative and bounded (attempts, cap), honouring the server's ``x-acs-retry-after``.
 Tests pass a policy with tiny delays instead of waiting.
@@ -7,7 +7,15 @@ Tests pass a policy with tiny delays instead of waiting.
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from structlog.typing import FilteringBoundLogger
+
+from worker.errors import ApiError, ThrottledError
+
+REDIS_BACKOFF_FIRST_S = 0.2
+REDIS_BACKOFF_CAP_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,3 +42,56 @@ class RetryPolicy:
     def probe_delay_s(self, probe: int) -> float:
         """Seconds to wait before credentials probe number ``probe`` (1-based)."""
         return min(self.probe_cap_s, self.probe_base_s * 2.0 ** max(0, probe - 1))
+
+
+def redis_backoff_s(failures: int, cap_s: float = REDIS_BACKOFF_CAP_S) -> float:
+    """Seconds to wait after ``failures`` Redis failures in a row (1-based): doubling from
+    :data:`REDIS_BACKOFF_FIRST_S` up to ``cap_s``. Every loop that waits for Redis uses it."""
+    return min(cap_s, REDIS_BACKOFF_FIRST_S * 2.0 ** min(max(0, failures - 1), 16))
+
+
+class ApiRetry:
+    """The retries of one API call: classify each failure, count it, back off, or give up.
+
+    ``failed`` says whether to try again (the error is retryable and attempts are left) and
+    reports throttling to ``throttled`` (the limiter, which slows the fleet); ``back_off``
+    logs ``event`` with the caller's fields and returns the seconds to wait, never less than
+    the server's retry-after. The processor, the poller and the verifier all retry with it.
+    """
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        rng: random.Random,
+        *,
+        log: FilteringBoundLogger,
+        event: str,
+        throttled: Callable[[float | None], Awaitable[object]] | None = None,
+    ) -> None:
+        self._policy = policy
+        self._rng = rng
+        self._log = log
+        self._event = event
+        self._throttled = throttled
+        self.failures = 0
+        """Failed attempts so far."""
+
+    async def failed(self, exc: ApiError) -> bool:
+        """Count ``exc``; True when the call should be tried again."""
+        self.failures += 1
+        if isinstance(exc, ThrottledError) and self._throttled is not None:
+            await self._throttled(exc.retry_after_s)
+        return exc.retryable and self.failures < self._policy.max_attempts
+
+    def back_off(self, exc: ApiError, **fields: object) -> float:
+        """Log the retry (``fields`` first) and return the seconds to wait before it."""
+        delay = self._policy.delay_s(self.failures, exc.retry_after_s, self._rng)
+        self._log.warning(
+            self._event,
+            **fields,
+            code=exc.code,
+            error=exc.summary(),
+            attempt=self.failures,
+            delay_s=round(delay, 3),
+        )
+        return delay

@@ -1,0 +1,193 @@
+"""Lanes, and the composition root that builds them: one lane per account, each a whole pipeline.
+
+A lane reads its own stream (the input stream itself with one account; the account's stream,
+fed by :mod:`worker.pipeline.router`, with several), holds at most its own prefetch bound,
+and sends through its own send gate, limiter (``<prefix>:limiter[:<account>]``, with its own
+fleet pause), HTTP client and ``concurrency`` senders. So an account that is throttled,
+paused or refused holds up nothing but itself. Every log line a lane's tasks write carries
+``account`` (bound with structlog's contextvars).
+
+:func:`build_lanes` is the one place where the parts of a worker are put together: it returns
+finished, immutable lanes, and :class:`~worker.pipeline.runner.Worker` only runs them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import anyio
+
+from worker.api.client import Acknowledger, PollClient
+from worker.clock import SYSTEM_CLOCK, Clock
+from worker.config.accounts import Account
+from worker.config.settings import Settings
+from worker.entries import Batch, Holdings
+from worker.errors import ConfigError
+from worker.observe.metered import MeteredClient, MeteredLimiter
+from worker.pipeline.processor import Processor, ProcessorDeps
+from worker.pipeline.sendgate import SendGate
+from worker.pipeline.verify import Verifier
+from worker.retry import RetryPolicy
+from worker.store.connection import RedisClient
+from worker.store.dedupe import Dedupe, DedupeConfig
+from worker.store.keys import Keys
+from worker.store.settle import Settler
+from worker.store.source import SourceConfig, StreamSource
+from worker.totals import Totals
+
+Spawn = Callable[[str, Batch], None]
+"""``spawn(account, batch)``: run a recheck of ``batch`` on ``account``'s lane, in the
+worker's pipeline task group."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountClient:
+    """One account's API client, and how to re-read its credentials after a refusal."""
+
+    client: Acknowledger
+    reload_credentials: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerParts:
+    """What a worker talks to; tests build these to run a worker in-process.
+
+    ``clients`` holds every account's client by name, the default account's included.
+    """
+
+    redis: RedisClient
+    keys: Keys
+    policy: RetryPolicy
+    clients: Mapping[str, AccountClient]
+    clock: Clock = SYSTEM_CLOCK
+    rng: random.Random = field(default_factory=random.Random)
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One account's pipeline: ``keys.tasks`` is the stream it reads, ``holdings`` what it has
+    read and not settled (bounded), ``processor`` takes its batches to their outcome."""
+
+    account: str
+    keys: Keys
+    gate: SendGate
+    settler: Settler
+    source: StreamSource
+    holdings: Holdings
+    processor: Processor
+
+
+def is_routed(settings: Settings) -> bool:
+    """True with several accounts: a router moves each entry to its account's stream."""
+    return len(settings.account_names) > 1
+
+
+def build_source(
+    settings: Settings, parts: WorkerParts, totals: Totals, keys: Keys, account: str | None = None
+) -> StreamSource:
+    """A source on ``keys.tasks``; with ``account``, one account's stream."""
+    s, p = settings, parts
+    settler = Settler(p.redis, keys, dedupe_ttl_s=s.dedupe_ttl_s, consumer=s.consumer)
+    accounts = frozenset(s.account_names)
+    config = SourceConfig(s.consumer, s.claim_idle_ms, s.max_attempts, accounts, account)
+    return StreamSource(p.redis, keys, settler, config, p.clock, totals)
+
+
+def build_lanes(
+    settings: Settings, parts: WorkerParts, totals: Totals, spawn: Spawn
+) -> dict[str, Lane]:
+    """Every account's lane, finished. Raises :class:`ConfigError` for an account that has
+    no client in ``parts``."""
+    builder = _LaneBuilder(settings, parts, totals, spawn)
+    return {name: builder.lane(account) for name, account in settings.all_accounts.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class _LaneBuilder:
+    settings: Settings
+    parts: WorkerParts
+    totals: Totals
+    spawn: Spawn
+
+    def lane(self, account: Account) -> Lane:
+        s, p, name = self.settings, self.parts, account.name
+        client = p.clients.get(name)
+        if client is None:
+            raise ConfigError(f"account {name!r} is configured but has no API client")
+        routed = is_routed(s)
+        # One account: the lane reads the input stream and checks every entry's account.
+        keys = p.keys.for_account(name) if routed else p.keys
+        source = build_source(s, p, self.totals, keys, name if routed else None)
+        gate = SendGate(p.policy, p.clock, client.reload_credentials or (lambda: None))
+        # About 2 x concurrency x batch_size: queued batches plus those being sent, plus one.
+        holdings = Holdings(s.batch_size * (2 * s.concurrency + 1))
+        lane = _LaneParts(name, account.rate_limit, client.client, gate, source.settler, holdings)
+        return Lane(name, keys, gate, source.settler, source, holdings, self._processor(lane))
+
+    def _processor(self, lane: _LaneParts) -> Processor:
+        s, p, totals = self.settings, self.parts, self.totals
+        slots = anyio.Semaphore(s.concurrency)
+        verifier = build_verifier(
+            s, lane.client, policy=p.policy, clock=p.clock, rng=p.rng, slots=slots
+        )
+        limiter_key = p.keys.limiter_for(lane.account)
+        name = lane.account
+        deps = ProcessorDeps(
+            dedupe=Dedupe(
+                p.redis, p.keys, s.consumer, DedupeConfig(s.dedupe_ttl_s, s.claim_idle_ms)
+            ),
+            limiter=MeteredLimiter(
+                p.redis, limiter_key, lane.rate_limit, p.clock, totals=totals, account=name
+            ),
+            client=MeteredClient(lane.client, totals, p.clock),
+            settler=lane.settler,
+            gate=lane.gate,
+            policy=p.policy,
+            holdings=lane.holdings,
+            totals=totals,
+            spawn=lambda batch: self.spawn(name, batch),
+            send_slots=slots,
+            clock=p.clock,
+            rng=p.rng,
+            verifier=verifier,
+        )
+        return Processor(deps)
+
+
+@dataclass(frozen=True, slots=True)
+class _LaneParts:
+    """What a lane's processor is built from."""
+
+    account: str
+    rate_limit: float
+    client: Acknowledger
+    gate: SendGate
+    settler: Settler
+    holdings: Holdings
+
+
+def build_verifier(
+    settings: Settings,
+    client: object,
+    *,
+    policy: RetryPolicy,
+    clock: Clock = SYSTEM_CLOCK,
+    rng: random.Random | None = None,
+    slots: anyio.Semaphore | None = None,
+) -> Verifier | None:
+    """A verifier for one account's client, or None when ``verify_shortfall`` is off or the
+    client cannot poll (a test's scripted API). ``slots`` (the lane's send slots) bound the
+    pages in flight together with the acknowledgements."""
+    if not settings.verify_shortfall or not isinstance(client, PollClient):
+        return None
+    return Verifier(
+        client,
+        max_pages=settings.verify_max_pages,
+        page_size=settings.poll_page_size,
+        policy=policy,
+        clock=clock,
+        rng=rng,
+        slots=slots,
+    )

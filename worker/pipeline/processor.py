@@ -1,0 +1,312 @@
+"""One batch from reservation to settlement: dedupe → limiter → client → reconciler → settle.
+
+Every batch ends in exactly one ``batch.settled`` event, however it was split or retried.
+Outcomes per number: confirmed, duplicate, dead-lettered (``rejected``, ``retries_exhausted``,
+``unconfirmed``), or recorded in ``<prefix>:reconcile`` (a batch still short after its resend
+is verified first when a verifier is wired: :mod:`worker.pipeline.verify`). Fatal answers
+never settle anything: the :class:`~worker.pipeline.sendgate.SendGate` holds the batch until
+sending works again.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from worker.api.client import Acknowledger, AckResult
+from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
+from worker.entries import DEFAULT_ACCOUNT, Batch, Entry, Holdings
+from worker.errors import (
+    ApiError,
+    FatalApiError,
+    PermanentApiError,
+    ProtocolError,
+    TransportError,
+)
+from worker.logs import get_logger
+from worker.pipeline.reconciler import (
+    Resolution,
+    assess,
+    needs_resend,
+    reconcile_record,
+    verdict_fields,
+)
+from worker.pipeline.sendgate import SendGate
+from worker.pipeline.verify import Verifier
+from worker.retry import ApiRetry, RetryPolicy
+from worker.store.dedupe import Dedupe, Reservation
+from worker.store.limiter import RateLimiter
+from worker.store.settle import Settlement, Settler
+from worker.store.source import entry_dead_letter
+from worker.totals import Totals
+
+log = get_logger("processor")
+
+BUSY_RECHECK_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What ``batch.settled`` says about one batch."""
+
+    batch_id: str
+    size: int
+    started: float
+    account: str = DEFAULT_ACCOUNT
+    confirmed: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    shortfall: int = 0
+    attempts: int = 0
+    request_ids: list[str] = field(default_factory=list)
+
+    def fields(self, now: float) -> dict[str, Any]:
+        """The event's fields; ``latency_ms`` from reservation to the last settle."""
+        return {
+            "batch_id": self.batch_id,
+            "account": self.account,
+            "size": self.size,
+            "confirmed": self.confirmed,
+            "duplicates": self.duplicates,
+            "dead": self.dead,
+            "shortfall": self.shortfall,
+            "attempts": self.attempts,
+            "latency_ms": round((now - self.started) * 1000.0, 1),
+            "request_ids": self.request_ids,
+        }
+
+
+@dataclass(slots=True)
+class ProcessorDeps:
+    """Everything a :class:`Processor` talks to, built by the runner."""
+
+    dedupe: Dedupe
+    limiter: RateLimiter
+    client: Acknowledger
+    settler: Settler
+    gate: SendGate
+    policy: RetryPolicy
+    holdings: Holdings
+    totals: Totals
+    spawn: Callable[[Batch], None]
+    # At most `concurrency` requests in flight, rechecks of busy numbers included.
+    send_slots: anyio.Semaphore
+    clock: Clock = SYSTEM_CLOCK
+    rng: random.Random = field(default_factory=random.Random)
+    # Asks PollTaskResult which numbers a short batch left unconfirmed; None: unverified.
+    verifier: Verifier | None = None
+
+
+class Processor:
+    """Takes batches to their outcome. One instance serves every sender task."""
+
+    def __init__(self, deps: ProcessorDeps) -> None:
+        self._d = deps
+
+    async def process(self, batch: Batch) -> None:
+        """Reserve, send and settle ``batch``; log one ``batch.settled``."""
+        d = self._d
+        report = BatchReport(batch.batch_id, batch.size, d.clock.monotonic(), batch.account)
+        statuses = await d.dedupe.reserve(batch.numbers, batch.digests(), batch.batch_id)
+        by_status: dict[Reservation, list[str]] = {r: [] for r in Reservation}
+        for number, status in zip(batch.numbers, statuses, strict=True):
+            by_status[status].append(number)
+        if by_status[Reservation.CONFIRMED]:
+            await self._settle_duplicates(batch.subset(by_status[Reservation.CONFIRMED]), report)
+        if by_status[Reservation.BUSY]:
+            # Another request carries these numbers right now; decide once it has settled.
+            self._defer(batch, by_status[Reservation.BUSY], report)
+        if by_status[Reservation.GO]:
+            go = batch.subset(by_status[Reservation.GO])
+            for entry in go.entries():
+                entry.lease = batch.batch_id
+            await self._deliver(go, report)
+        if report.size:
+            d.totals.batches += 1
+            log.info("batch.settled", **report.fields(d.clock.monotonic()))
+
+    def _defer(self, batch: Batch, numbers: list[str], report: BatchReport) -> None:
+        """Recheck busy numbers later, as a batch of their own (``<batch_id>.r<n>``) that
+        logs its own ``batch.settled``; all of a batch busy stays that batch."""
+        busy = batch.subset(numbers)
+        if busy is not batch:
+            busy.batch_id = f"{batch.batch_id}.r{batch.rechecks + 1}"
+        busy.rechecks = batch.rechecks + 1
+        report.size -= busy.size
+        self._d.spawn(busy)
+
+    async def recheck_busy(self, batch: Batch) -> None:
+        """Process numbers that were busy, after a back-off that grows with each recheck.
+
+        Bounded: a lease lasts at most ``claim_idle_ms``, after which the number is free.
+        """
+        delay = BUSY_RECHECK_S[min(batch.rechecks, len(BUSY_RECHECK_S)) - 1]
+        await self._d.clock.sleep(delay)
+        await self.process(batch)
+
+    async def _deliver(self, batch: Batch, report: BatchReport) -> None:
+        outcome = await self._send(batch, report)
+        if isinstance(outcome, AckResult):
+            await self._reconcile(batch, outcome, report)
+        elif isinstance(outcome, PermanentApiError) and len(batch.groups) > 1:
+            numbers = batch.numbers
+            half = len(numbers) // 2
+            log.info("batch.split", batch_id=batch.batch_id, size=len(numbers), code=outcome.code)
+            await self._deliver(batch.subset(numbers[:half]), report)
+            await self._deliver(batch.subset(numbers[half:]), report)
+        else:
+            await self._dead_letter(batch, _dead_reason(outcome), outcome, report)
+
+    async def _send(self, batch: Batch, report: BatchReport) -> AckResult | ApiError:
+        """Send until an answer or a final error; fatal answers wait at the gate."""
+        token = object()
+        try:
+            return await self._attempts(batch, report, token)
+        finally:
+            self._d.gate.release(token)
+
+    async def _attempts(
+        self, batch: Batch, report: BatchReport, token: object
+    ) -> AckResult | ApiError:
+        d = self._d
+        retry = ApiRetry(
+            d.policy, d.rng, log=log, event="api.retry_scheduled", throttled=d.limiter.throttled
+        )
+        while True:
+            await d.gate.wait_turn(token)
+            try:
+                result = await self._attempt(batch, report)
+            except FatalApiError as exc:
+                d.gate.on_fatal(exc, token)
+                continue
+            except ApiError as exc:
+                if not isinstance(exc, TransportError | ProtocolError):
+                    d.gate.on_answer()
+                if exc.request_id:
+                    report.request_ids.append(exc.request_id)
+                if not await retry.failed(exc):
+                    return exc
+                d.totals.retries[exc.code] += 1
+                await d.clock.sleep(retry.back_off(exc, batch_id=batch.batch_id))
+                continue
+            d.gate.on_answer()
+            report.request_ids.append(result.request_id)
+            return result
+
+    async def _attempt(self, batch: Batch, report: BatchReport) -> AckResult:
+        d = self._d
+        async with d.send_slots:
+            await d.limiter.acquire()
+            for entry in batch.entries():
+                entry.sent = True
+            report.attempts += 1
+            d.totals.requests += 1
+            return await d.client.acknowledge(batch.numbers)
+
+    async def _answers(self, batch: Batch, first: int, report: BatchReport) -> list[int]:
+        """``first`` and, when it is short, the ``Result`` of one resend."""
+        results = [first]
+        if needs_resend(len(batch.groups), first):
+            again = await self._send(batch, report)
+            if isinstance(again, AckResult):
+                results.append(again.result)
+        return results
+
+    async def _reconcile(self, batch: Batch, first: AckResult, report: BatchReport) -> None:
+        d = self._d
+        submitted = len(batch.groups)
+        verdict = assess(submitted, await self._answers(batch, first.result, report))
+        if verdict.shortfall:
+            log.warning("batch.shortfall", **verdict_fields(batch, verdict, report.request_ids))
+            await self._resolve(Resolution.start(batch, verdict), report)
+            return
+        entry_ids = [e.entry_id for e in batch.entries()]
+        settlement = Settlement(entry_ids, batch.digests(), release=batch.numbers)
+        riders = batch.size - submitted
+        report.duplicates += riders
+        d.totals.duplicates += riders
+        if verdict.overcount:
+            record = reconcile_record(batch, verdict, report.request_ids, self._now())
+            settlement.reconcile.append(record)
+            d.totals.overcount += verdict.overcount
+            log.error("batch.overcount", **verdict_fields(batch, verdict, report.request_ids))
+        report.confirmed += verdict.confirmed
+        d.totals.confirmed += verdict.confirmed
+        await self._settle(settlement, batch.entries())
+
+    async def _resolve(self, case: Resolution, report: BatchReport) -> None:
+        """Without a verifier, record the whole short batch. With one: check, re-send what
+        ``PollTaskResult`` still lists (``<batch_id>.v<n>``, at most ``max_attempts`` rounds),
+        then settle the whole batch once, with its reconcile record."""
+        d = self._d
+        while await self._check(case):
+            await d.clock.sleep(d.policy.delay_s(case.rounds + 1, None, d.rng))
+            remainder = case.next_round()
+            sent = await self._send(remainder, report)
+            if isinstance(sent, ApiError):
+                case.give_up(_dead_reason(sent), sent.summary())
+                break
+            if case.answered_round(await self._answers(remainder, sent.result, report)):
+                break
+        tally = case.tally()
+        tally.add_to(report, d.totals)
+        if tally.dead:
+            log.warning("item.dead", batch_id=case.batch.batch_id, **tally.dead_fields())
+        settlement = case.settlement(report.request_ids, report.attempts, self._now())
+        await self._settle(settlement, case.batch.entries())
+
+    async def _check(self, case: Resolution) -> bool:
+        """Check the open numbers; True when some are still listed and rounds are left."""
+        d = self._d
+        if d.verifier is None:
+            case.unchecked()
+            return False
+        # The verifier takes a send slot per page in flight (see lanes.build_verifier).
+        check = await d.verifier.check(case.batch.subset(case.open), d.limiter)
+        case.absorb(check)
+        return bool(case.open) and case.rounds < d.policy.max_attempts
+
+    async def _dead_letter(
+        self, batch: Batch, reason: str, exc: ApiError, report: BatchReport
+    ) -> None:
+        at = self._now()
+        settlement = Settlement(release=batch.numbers)
+        for entry in batch.entries():
+            settlement.ack.append(entry.entry_id)
+            record = entry_dead_letter(entry, reason, exc.summary(), report.attempts, at)
+            settlement.dead.append(record)
+        report.dead += batch.size
+        self._d.totals.dead[reason] += batch.size
+        log.warning(
+            "item.dead",
+            batch_id=batch.batch_id,
+            reason=reason,
+            count=batch.size,
+            code=exc.code,
+            error=exc.summary(),
+        )
+        await self._settle(settlement, batch.entries())
+
+    async def _settle_duplicates(self, batch: Batch, report: BatchReport) -> None:
+        entries = batch.entries()
+        report.duplicates += len(entries)
+        self._d.totals.duplicates += len(entries)
+        log.info("item.duplicate", batch_id=batch.batch_id, ids=batch.numbers)
+        await self._settle(Settlement(ack=[e.entry_id for e in entries]), entries)
+
+    async def _settle(self, settlement: Settlement, entries: list[Entry]) -> None:
+        """Write an outcome (see :meth:`~worker.store.settle.Settler.settle_shielded`); either way
+        this process is done with the entries: settled, or left pending for a claim."""
+        await self._d.settler.settle_shielded(settlement, self._d.clock, len(entries))
+        self._d.holdings.discard(entries)
+
+    def _now(self) -> str:
+        return iso_utc(self._d.clock.now())
+
+
+def _dead_reason(exc: ApiError) -> str:
+    return "rejected" if isinstance(exc, PermanentApiError) else "retries_exhausted"

@@ -1,0 +1,256 @@
+"""Reconciliation: what the ``Result`` of each request says about the numbers sent.
+
+``Result`` counts numbers the service newly confirmed. A shortfall says how many were not
+confirmed, not which; re-sending the same batch is safe because already confirmed numbers
+count 0, so the sum of the answers is what was confirmed.
+
+When a batch is still short after its resend and verification is on, :class:`Resolution`
+keeps the books while :mod:`worker.pipeline.verify` asks ``PollTaskResult`` which numbers are still
+listed and the processor re-sends those, round by round: every number ends confirmed (and
+remembered), dead-lettered ``unconfirmed``, or named in one verified reconcile record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from worker.entries import Batch
+from worker.logs import get_logger
+from worker.pipeline.verify import Check
+from worker.store.settle import Settlement
+from worker.store.source import entry_dead_letter
+from worker.totals import Totals
+
+log = get_logger("reconciler")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """``confirmed`` is capped at ``submitted``; at most one of shortfall and overcount is set."""
+
+    submitted: int
+    confirmed: int
+    shortfall: int
+    overcount: int
+
+    @property
+    def complete(self) -> bool:
+        """Every number confirmed, no more and no less."""
+        return self.shortfall == 0 and self.overcount == 0
+
+
+def assess(submitted: int, results: Sequence[int]) -> Verdict:
+    """Compare the unique numbers submitted with the sum of every answer's ``Result``."""
+    total = sum(results)
+    return Verdict(
+        submitted=submitted,
+        confirmed=min(total, submitted),
+        shortfall=max(0, submitted - total),
+        overcount=max(0, total - submitted),
+    )
+
+
+def needs_resend(submitted: int, first_result: int) -> bool:
+    """A short first answer earns exactly one resend of the same batch."""
+    return first_result < submitted
+
+
+def _json(values: Sequence[str]) -> str:
+    return orjson.dumps(list(values)).decode()
+
+
+def reconcile_record(
+    batch: Batch, verdict: Verdict, request_ids: Sequence[str], at: str
+) -> dict[str, str]:
+    """The ``<prefix>:reconcile`` entry for a batch whose answers did not add up, unverified:
+    ``ids`` lists every number of the batch. ``at`` is an ISO 8601 UTC timestamp.
+    """
+    return {
+        "batch_id": batch.batch_id,
+        "kind": "shortfall" if verdict.shortfall else "overcount",
+        "verified": "false",
+        "submitted": str(verdict.submitted),
+        "confirmed": str(verdict.confirmed),
+        "shortfall": str(verdict.shortfall),
+        "overcount": str(verdict.overcount),
+        "ids": _json(batch.numbers),
+        "request_ids": _json(request_ids),
+        "at": at,
+    }
+
+
+def verdict_fields(batch: Batch, verdict: Verdict, request_ids: list[str]) -> dict[str, Any]:
+    """The fields of ``batch.shortfall`` and ``batch.overcount``."""
+    return {
+        "batch_id": batch.batch_id,
+        "submitted": verdict.submitted,
+        "confirmed": verdict.confirmed,
+        "shortfall": verdict.shortfall,
+        "overcount": verdict.overcount,
+        "request_ids": request_ids,
+    }
+
+
+class Counts(Protocol):
+    """What a batch report counts (see ``worker.pipeline.processor.BatchReport``)."""
+
+    confirmed: int
+    duplicates: int
+    dead: int
+    shortfall: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What a resolved shortfall adds to the counts: numbers ``confirmed`` by the answers,
+    ``duplicates`` (riders), ``dead`` entries (with ``reason``), numbers left as ``shortfall``."""
+
+    confirmed: int
+    duplicates: int
+    dead: int
+    reason: str
+    error: str
+    shortfall: int
+
+    def dead_fields(self) -> dict[str, Any]:
+        """The fields of ``item.dead`` for the dead-lettered entries."""
+        return {"reason": self.reason, "count": self.dead, "error": self.error}
+
+    def add_to(self, report: Counts, totals: Totals) -> None:
+        """Add to a batch's report and the process's totals."""
+        for counts in (report, totals):
+            counts.confirmed += self.confirmed
+            counts.duplicates += self.duplicates
+            counts.shortfall += self.shortfall
+        report.dead += self.dead
+        if self.dead:
+            totals.dead[self.reason] += self.dead
+
+
+@dataclass(slots=True)
+class Resolution:
+    """The books of one short batch while verification settles it, round by round.
+
+    ``open``: numbers ``PollTaskResult`` still listed at the last check, to be sent again.
+    ``confirmed``: numbers proved confirmed by this batch's own answers (every not-listed
+    number of a round whose answers confirmed exactly that many): remembered for dedupe.
+    ``unaccounted``: not-listed numbers of a round whose answers do not account for them all;
+    ``elsewhere`` of them (at least; exactly when nothing was ``unknown``) were confirmed by
+    someone else or are unknown to the API. They are not remembered: a number the API does
+    not know yet may be finished and sent again later.
+    ``unknown``: numbers no check could place.
+    """
+
+    batch: Batch
+    answered: int
+    answered_total: int
+    open: list[str]
+    confirmed: list[str] = field(default_factory=list)
+    unaccounted: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    elsewhere: int = 0
+    rounds: int = 0
+    verified: bool = False
+    dead_reason: str = "unconfirmed"
+    dead_error: str = ""
+
+    @classmethod
+    def start(cls, batch: Batch, verdict: Verdict) -> Resolution:
+        """The books after the batch's first answers (and its resend)."""
+        return cls(batch, verdict.confirmed, verdict.confirmed, batch.numbers)
+
+    def absorb(self, check: Check) -> None:
+        """Place the open numbers by what a check of them learnt; log the check."""
+        where = {"batch_id": self.batch.batch_id, "round": self.rounds, **check.counts()}
+        if check.failed:
+            log.warning("reconcile.verify_failed", **where)
+            self.unchecked()
+            return
+        log.info("reconcile.verified", **where)
+        self.verified = True
+        if not check.unknown and len(check.not_listed) == self.answered:
+            self.confirmed += check.not_listed
+        else:
+            self.unaccounted += check.not_listed
+            self.elsewhere += max(0, len(check.not_listed) - self.answered)
+        self.unknown += check.unknown
+        self.open = check.listed
+
+    def unchecked(self) -> None:
+        """The open numbers stay unplaced (no verifier, or a check that learnt nothing)."""
+        self.unknown += self.open
+        self.open = []
+
+    def next_round(self) -> Batch:
+        """The open numbers as a batch of their own, ``<batch_id>.v<round>``."""
+        self.rounds += 1
+        b = self.batch
+        return Batch(f"{b.batch_id}.v{self.rounds}", {n: b.groups[n] for n in self.open}, b.account)
+
+    def answered_round(self, results: Sequence[int]) -> bool:
+        """Book the answers to a re-send of the open numbers; True when they confirmed all."""
+        self.answered = min(sum(results), len(self.open))
+        self.answered_total += self.answered
+        if self.answered < len(self.open):
+            return False
+        self.confirmed += self.open
+        self.open = []
+        return True
+
+    def give_up(self, reason: str, error: str) -> None:
+        """A re-send failed for good: the open numbers are dead-lettered with ``reason``."""
+        self.dead_reason, self.dead_error = reason, error
+
+    def tally(self) -> Tally:
+        """The counts, once resolved: ``open`` numbers are dead, the rest add up to the size."""
+        b = self.batch
+        submitted = len(b.groups)
+        dead_entries = sum(len(b.groups[n]) for n in self.open)
+        confirmed = min(self.answered_total, submitted)
+        return Tally(
+            confirmed=confirmed,
+            duplicates=b.size - submitted - (dead_entries - len(self.open)),
+            dead=dead_entries,
+            reason=self.dead_reason,
+            error=self.dead_error
+            or f"still listed by PollTaskResult after {self.rounds} verified re-send round(s)",
+            shortfall=max(0, submitted - confirmed - len(self.open)),
+        )
+
+    def settlement(self, request_ids: Sequence[str], attempts: int, at: str) -> Settlement:
+        """The one settle of the whole batch: every entry acknowledged, proved numbers
+        remembered, open ones dead-lettered, and the reconcile record."""
+        b = self.batch
+        s = Settlement(ack=[e.entry_id for e in b.entries()], release=b.numbers)
+        if self.confirmed:
+            s.confirmed = b.subset(self.confirmed).digests()
+        t = self.tally()
+        for number in self.open:
+            for entry in b.groups[number]:
+                s.dead.append(entry_dead_letter(entry, t.reason, t.error, attempts, at))
+        s.reconcile.append(self.record(request_ids, at))
+        return s
+
+    def record(self, request_ids: Sequence[str], at: str) -> dict[str, str]:
+        """The reconcile record: unverified, every number; verified, only those that may be
+        unconfirmed (``ids``), with the ``unconfirmed`` and ``unknown`` ones also apart."""
+        submitted = len(self.batch.groups)
+        confirmed = min(self.answered_total, submitted)
+        verdict = Verdict(submitted, confirmed, submitted - confirmed, 0)
+        record = {**reconcile_record(self.batch, verdict, request_ids, at), "kind": "shortfall"}
+        if not self.verified:
+            return record
+        named = {*self.open, *self.unknown, *self.unaccounted}
+        return {
+            **record,
+            "verified": "true",
+            "ids": _json([n for n in self.batch.numbers if n in named]),
+            "unconfirmed": _json(self.open),
+            "unknown": _json(self.unknown),
+            "elsewhere": str(self.elsewhere),
+            "rounds": str(self.rounds),
+        }

@@ -1,0 +1,107 @@
+"""Every Redis key ackworker uses, named in one place.
+
+With ``cluster=True`` the prefix is wrapped in a ``{...}`` hash tag so that every key of a
+prefix lands in one hash slot and Lua scripts may touch several of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from worker.entries import DEFAULT_ACCOUNT
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names derived from ``ACKWORKER_KEY_PREFIX``.
+
+    ``stream`` names the stream this set of keys reads (:attr:`tasks`): the input stream, or
+    with several accounts configured one account's stream (:meth:`for_account`). Every other
+    key is the same whatever the stream.
+    """
+
+    prefix: str
+    stream: str = "tasks"
+
+    @classmethod
+    def for_prefix(cls, prefix: str, *, cluster: bool = False) -> Keys:
+        """Keys for ``prefix``; in cluster mode the prefix becomes a hash tag."""
+        if cluster and not (prefix.startswith("{") and prefix.endswith("}")):
+            prefix = "{" + prefix + "}"
+        return cls(prefix)
+
+    @property
+    def group(self) -> str:
+        """The consumer group every ``ackworker run`` joins."""
+        return self.prefix
+
+    @property
+    def tasks(self) -> str:
+        """The stream read: ``<prefix>:tasks`` (the input contract), or an account's stream."""
+        return f"{self.prefix}:{self.stream}"
+
+    @property
+    def input(self) -> str:
+        """The input stream producers write to, whatever :attr:`stream` is."""
+        return f"{self.prefix}:tasks"
+
+    def account_stream(self, account: str) -> str:
+        """``<prefix>:tasks:<account>``: where, with several accounts configured, the input
+        stream's entries of ``account`` are moved to be acknowledged."""
+        return f"{self.prefix}:tasks:{account}"
+
+    @property
+    def accounts(self) -> str:
+        """Set of every account whose stream (:meth:`account_stream`) a worker has used, so a
+        worker can find the streams of accounts no longer configured and drain them."""
+        return f"{self.prefix}:accounts"
+
+    def for_account(self, account: str) -> Keys:
+        """These keys reading :meth:`account_stream` of ``account``."""
+        return replace(self, stream=f"tasks:{account}")
+
+    @property
+    def dead(self) -> str:
+        """Stream of dead letters, one entry per number."""
+        return f"{self.prefix}:dead"
+
+    @property
+    def reconcile(self) -> str:
+        """Stream of batches whose ``Result`` did not match what was sent."""
+        return f"{self.prefix}:reconcile"
+
+    @property
+    def limiter(self) -> str:
+        """Hash holding the fleet's shared rate-limit state (GCRA and adaptive rate)."""
+        return f"{self.prefix}:limiter"
+
+    def limiter_for(self, account: str) -> str:
+        """The limiter hash of ``account``: :attr:`limiter` for ``default``, else
+        ``<prefix>:limiter:<account>``, so each account has its own rate and fleet pause."""
+        return self.limiter if account == DEFAULT_ACCOUNT else f"{self.limiter}:{account}"
+
+    @property
+    def inflight(self) -> str:
+        """Hash of numbers being sent right now: number -> ``consumer|lease deadline ms``."""
+        return f"{self.prefix}:inflight"
+
+    @property
+    def seen_prefix(self) -> str:
+        """Prefix of the dedupe memory buckets ``<prefix>:seen:<bucket>:<shard>``."""
+        return f"{self.prefix}:seen:"
+
+    def polled_prefix(self, account: str) -> str:
+        """Prefix of ``ackworker poll``'s memory of what it enqueued, buckets
+        ``<prefix>:polled:<bucket>:<shard>`` (``<prefix>:polled:<account>:...`` for a named
+        account); each bucket expires, see worker.store.enqueue."""
+        tail = "" if account == DEFAULT_ACCOUNT else f"{account}:"
+        return f"{self.prefix}:polled:{tail}"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of live workers: consumer -> heartbeat expiry (ms, Redis clock)."""
+        return f"{self.prefix}:workers"
+
+    def heartbeat(self, consumer: str) -> str:
+        """Hash ``<prefix>:hb:<consumer>`` a running worker refreshes; it expires when it stops."""
+        return f"{self.prefix}:hb:{consumer}"
