@@ -9,32 +9,35 @@ cancellation passes through untouched.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 import aiohttp
-import orjson
 import yarl
 
 from worker.api import signing
+from worker.api.answers import (
+    AckResult,
+    PollPage,
+    TaskDetail,
+    decode,
+    excerpt,
+    int_field,
+    poll_page,
+)
 from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
 from worker.errors import (
     ApiError,
-    AuthError,
     CertificateError,
-    ProtocolError,
     TransportError,
     clip,
-    error_class_for,
 )
 
 API_VERSION = "2018-01-29"
-_EXCERPT_BYTES = 160
 _QUERY_RE = re.compile(r"\?[^\s'\"]*")
 
 
@@ -49,42 +52,10 @@ class CredentialsLike(Protocol):
     def security_token(self) -> str | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class AckResult:
-    """The answer to ``AcknowledgeTaskResult``: ``result`` numbers newly confirmed."""
-
-    result: int
-    request_id: str
-
-
 class Acknowledger(Protocol):
     """The seam to the API (a :class:`DomainClient` in production)."""
 
     async def acknowledge(self, ids: Sequence[str]) -> AckResult: ...
-
-
-@dataclass(frozen=True, slots=True)
-class TaskDetail:
-    """One finished, unacknowledged task result from ``PollTaskResult``."""
-
-    task_detail_no: str
-    task_no: str | None = None
-    domain_name: str | None = None
-    task_status: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class PollPage:
-    """One page of ``PollTaskResult``."""
-
-    request_id: str
-    page_num: int
-    page_size: int
-    total_items: int
-    total_pages: int
-    next_page: bool
-    items: list[TaskDetail]
 
 
 @runtime_checkable
@@ -109,11 +80,6 @@ class _Request:
     body: bytes
 
 
-def _excerpt(raw: bytes) -> str:
-    text = raw[:_EXCERPT_BYTES].decode("utf-8", "replace")
-    return " ".join(text.split()) + ("..." if len(raw) > _EXCERPT_BYTES else "")
-
-
 def _scrub_url(exc: BaseException) -> str:
     # aiohttp messages can quote the request URL, whose V1 query holds the signature.
     text = _QUERY_RE.sub("?...", str(exc)) or type(exc).__name__
@@ -123,76 +89,6 @@ def _scrub_url(exc: BaseException) -> str:
 def _transport_error(exc: BaseException) -> TransportError:
     code = "Timeout" if isinstance(exc, TimeoutError) else "ConnectionError"
     return TransportError(code, _scrub_url(exc))
-
-
-MAX_RETRY_AFTER_S = 300.0
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """``x-acs-retry-after`` (milliseconds) in seconds, clamped to [0, 300]: the hint pauses
-    the whole fleet, so a garbled or absurd value must not stop it for hours."""
-    try:
-        seconds = float(value) / 1000.0 if value is not None else None
-    except ValueError:
-        return None
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
-
-
-def _decode(raw: bytes, status: int, retry_after: str | None) -> dict[str, Any]:
-    """Parse a body and raise the right :class:`ApiError` for anything but success."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict) and status in (401, 403):
-        # A proxy's refusal page: the request is refused whatever it carries.
-        raise AuthError(f"HTTP{status}", f"refused, body: {_excerpt(raw)!r}", http_status=status)
-    if not isinstance(data, dict):
-        raise ProtocolError(
-            "InvalidResponse",
-            f"HTTP {status}, body is not a JSON object: {_excerpt(raw)!r}",
-            http_status=status,
-            retry_after_s=_retry_after_s(retry_after),
-        )
-    code = data.get("Code")
-    if status == 200 and not code:
-        return data
-    code_text = str(code) if code else f"HTTP{status}"
-    cls = error_class_for(code_text, status)
-    raise cls(
-        code_text,
-        _message(data),
-        request_id=str(data.get("RequestId") or "") or None,
-        http_status=status,
-        retry_after_s=_retry_after_s(retry_after),
-    )
-
-
-_ECHO_RE = re.compile(r"(string ?to ?sign|canonical ?request)", re.IGNORECASE)
-
-
-def _message(data: dict[str, Any]) -> str:
-    """The error message, cut before any echo of what the server signed: for
-    SignatureDoesNotMatch the service quotes its string to sign, which holds the STS token."""
-    text = str(data.get("Message") or "")
-    match = _ECHO_RE.search(text)
-    if match:
-        text = text[: match.start()].rstrip(" :,") + " (server's string to sign omitted)"
-    return clip(text)
-
-
-def _int_field(data: dict[str, Any], name: str, raw_excerpt: str) -> int:
-    value = data.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ProtocolError(
-            "InvalidResponse",
-            f"{name} missing or not a non-negative integer: {raw_excerpt!r}",
-            request_id=str(data.get("RequestId") or "") or None,
-            http_status=200,
-        )
-    return value
 
 
 class DomainClient:
@@ -258,7 +154,7 @@ class DomainClient:
         """Confirm task-detail numbers; ``Result`` is how many the service newly confirmed."""
         params = [*self._extra, *signing.flatten_list("TaskDetailNo", ids)]
         data, raw = await self._call("AcknowledgeTaskResult", params)
-        return AckResult(_int_field(data, "Result", raw), str(data.get("RequestId") or ""))
+        return AckResult(int_field(data, "Result", raw), str(data.get("RequestId") or ""))
 
     async def poll_task_result(
         self,
@@ -276,7 +172,7 @@ class DomainClient:
         if task_result_status is not None:
             params.append(("TaskResultStatus", str(task_result_status)))
         data, raw = await self._call("PollTaskResult", params)
-        return _poll_page(data, raw)
+        return poll_page(data, raw)
 
     async def _call(self, action: str, params: list[tuple[str, str]]) -> tuple[dict[str, Any], str]:
         if self._session is None:
@@ -293,7 +189,7 @@ class DomainClient:
             raise CertificateError("CertificateVerifyFailed", _scrub_url(exc)) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _transport_error(exc) from None
-        return _decode(raw, status, retry_after), _excerpt(raw)
+        return decode(raw, status, retry_after), excerpt(raw)
 
     def _common(self) -> tuple[str, str]:
         return iso_utc(self._clock.now()), uuid.uuid4().hex
@@ -345,32 +241,6 @@ class DomainClient:
         url = yarl.URL(f"{self._base}?{query}", encoded=True)
         headers = {"content-type": signing.FORM_CONTENT_TYPE, "Accept": "application/json"}
         return _Request(url, headers, signing.form_body(params))
-
-
-def _poll_page(data: dict[str, Any], raw: str) -> PollPage:
-    details = (data.get("Data") or {}).get("TaskDetail") or []
-    if not isinstance(details, list):
-        raise ProtocolError("InvalidResponse", f"Data.TaskDetail is not a list: {raw!r}")
-    items = [
-        TaskDetail(
-            task_detail_no=str(d.get("TaskDetailNo", "")),
-            task_no=d.get("TaskNo"),
-            domain_name=d.get("DomainName"),
-            task_status=d.get("TaskStatus"),
-            raw=d,
-        )
-        for d in details
-        if isinstance(d, dict) and d.get("TaskDetailNo")
-    ]
-    return PollPage(
-        request_id=str(data.get("RequestId") or ""),
-        page_num=_int_field(data, "CurrentPageNum", raw),
-        page_size=_int_field(data, "PageSize", raw),
-        total_items=_int_field(data, "TotalItemNum", raw),
-        total_pages=_int_field(data, "TotalPageNum", raw),
-        next_page=bool(data.get("NextPage")),
-        items=items,
-    )
 
 
 __all__ = ["AckResult", "ApiError", "DomainClient", "PollClient", "PollPage", "TaskDetail"]
