@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from worker.config.describe import describe_settings
 from worker.config.settings import (
     ENV_NAMES,
     ENV_PREFIX,
     SETTINGS_DOC,
     Settings,
-    describe_settings,
     load_settings,
     mask_url_password,
 )

@@ -23,7 +23,8 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from worker.config.settings import describe_settings, load_settings
+    from worker.config.describe import describe_settings
+    from worker.config.settings import load_settings
 
     settings = load_settings(args.config, os.environ)
     print(describe_settings(settings))

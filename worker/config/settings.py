@@ -6,7 +6,7 @@ with the ``ACKWORKER_`` prefix. This module and :mod:`worker.config.credentials`
 readers of the environment, and only through the mapping passed in; everything else receives a
 :class:`Settings`.
 
-Every setting is one row of ``_SPECS`` (type, bounds or choices, one-line doc), so a new setting
+Every setting is one row of ``SPECS`` (type, bounds or choices, one-line doc), so a new setting
 is a field on :class:`Settings` plus one row. A bad value stops start-up with a one-line
 :class:`~worker.errors.ConfigError` naming the variable, the value (URL passwords masked) and
 what is allowed.
@@ -120,7 +120,9 @@ class Settings:
     def __repr__(self) -> str:
         # The generated repr would print a password embedded in a URL.
         parts = [
-            f"{f.name}={_masked(f.name, getattr(self, f.name))!r}" for f in fields(self) if f.repr
+            f"{f.name}={masked_value(f.name, getattr(self, f.name))!r}"
+            for f in fields(self)
+            if f.repr
         ]
         return f"Settings({', '.join(parts)})"
 
@@ -131,7 +133,7 @@ class Settings:
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 # One setting per row reads as the table it is, so the formatter leaves it alone.
 # fmt: off
-_SPECS: tuple[k.Spec, ...] = (
+SPECS: tuple[k.Spec, ...] = (
     k.Spec("redis_url", str, "must be a redis://, rediss:// or unix:// URL",
           "Redis URL: redis://, rediss:// (TLS) or unix://; may hold a password.",
           k.check_redis_url, url=True),
@@ -189,10 +191,10 @@ _SPECS: tuple[k.Spec, ...] = (
     k.integer("verify_max_pages", 1, 1000, "Most PollTaskResult pages read per shortfall."),
 )
 # fmt: on
-_SPEC_BY_NAME = {spec.name: spec for spec in _SPECS}
+_SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
 ENV_NAMES: Mapping[str, str] = MappingProxyType(
-    {spec.name: ENV_PREFIX + spec.name.upper() for spec in _SPECS}
+    {spec.name: ENV_PREFIX + spec.name.upper() for spec in SPECS}
 )
 """Setting name -> environment variable name."""
 
@@ -206,7 +208,7 @@ def _default_text(name: str) -> str:
 
 
 SETTINGS_DOC: tuple[tuple[str, str, str, str], ...] = tuple(
-    (spec.name, ENV_NAMES[spec.name], _default_text(spec.name), spec.doc) for spec in _SPECS
+    (spec.name, ENV_NAMES[spec.name], _default_text(spec.name), spec.doc) for spec in SPECS
 )
 """(name, environment variable, default as TOML, one-line doc) per setting, for docs."""
 
@@ -227,7 +229,7 @@ def load_settings(
     table = _read_file(path, from_env=not config_path) if path else {}
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for spec in _SPECS:
+    for spec in SPECS:
         env_name = ENV_NAMES[spec.name]
         if env_name in environ:
             values[spec.name] = _parse(spec, environ[env_name], env_name, from_env=True)
@@ -296,7 +298,7 @@ def _parse(spec: k.Spec, raw: object, where: str, *, from_env: bool) -> Any:
         typed = k.from_text(spec.kind, raw) if from_env else k.from_toml(spec.kind, raw)
         return spec.check(typed)
     except k.Invalid as exc:
-        shown = _show(_masked(spec.name, raw))
+        shown = _show(masked_value(spec.name, raw))
         raise ConfigError(f"{where}={shown} {exc.args[0]}: {spec.allowed}") from None
 
 
@@ -305,7 +307,8 @@ def _show(value: object) -> str:
     return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 3] + "..."
 
 
-def _masked(name: str, value: object) -> object:
+def masked_value(name: str, value: object) -> object:
+    """``value`` of setting ``name`` as it may be shown: URL passwords masked."""
     spec = _SPEC_BY_NAME.get(name)
     if spec is not None and spec.url and isinstance(value, str):
         return mask_url_password(value)
@@ -323,52 +326,3 @@ def mask_url_password(url: str) -> str:
         rest = (f"{user}:***" if colon else "***") + at + hostpart
     masked = scheme + sep + rest if sep else url
     return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", masked)
-
-
-# --- Describing --------------------------------------------------------------------------
-
-
-def describe_settings(settings: Settings) -> str:
-    """Lines ``name = value  (source)``, aligned, for ``ackworker check-config``.
-
-    Loads the credentials to show them masked: the key id as its first 4 characters and
-    ``***``, the secret and token as ``***``; URL passwords as ``***``.
-    """
-    creds = settings.credentials.load()
-    rows = [
-        (
-            spec.name,
-            _display(_masked(spec.name, getattr(settings, spec.name))),
-            f"({settings.sources.get(spec.name, 'default')})",
-        )
-        for spec in _SPECS
-    ]
-    rows += [
-        ("access_key_id", creds.masked_key_id(), ""),
-        ("access_key_secret", "***", ""),
-        ("security_token", "unset" if creds.security_token is None else "***", ""),
-        ("credentials", settings.credentials.describe(), ""),
-    ]
-    for name, account in settings.accounts.items():
-        key_id = account.credentials.load().masked_key_id()
-        rows.append(
-            (
-                f"accounts.{name}",
-                f"{account.endpoint}, {account.rate_limit:g}/s, {account.signature}, key {key_id},"
-                f" {account.credentials.describe()}",
-                "",
-            )
-        )
-    name_width = max(len(name) for name, _, _ in rows)
-    value_width = max(len(value) for _, value, source in rows if source)
-    lines = [
-        f"{name:<{name_width}} = {value:<{value_width}}  {source}"
-        if source
-        else f"{name:<{name_width}} = {value}"
-        for name, value, source in rows
-    ]
-    return "\n".join(lines)
-
-
-def _display(value: object) -> str:
-    return "unset" if value is None else str(value)
