@@ -15,8 +15,6 @@ message otherwise, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -26,8 +24,19 @@ from typing import Any
 
 import redis
 
-from worker.dev import demo
-from worker.dev.demo import DemoError, Processes
+from worker.dev.demo_setup import (
+    TASKS,
+    start_ackworker,
+    start_mock_api,
+    start_redis,
+    stop_cleanly,
+    supervise,
+    wait_while_running,
+    worker_env,
+)
+from worker.dev.demo_summary import conclude
+from worker.dev.demo_workload import backlog
+from worker.dev.sandbox import Child, Children, MockApi
 
 LOOP_SETTINGS = {
     "ACKWORKER_POLL_INTERVAL_S": "0.5",
@@ -70,48 +79,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def stream_added(client: redis.Redis) -> int:
     """Entries ever added to the task stream (``XINFO STREAM``'s ``entries-added``)."""
-    info: dict[str, Any] = client.xinfo_stream(demo.TASKS)  # type: ignore[assignment]
+    info: dict[str, Any] = client.xinfo_stream(TASKS)  # type: ignore[assignment]
     return int(info["entries-added"])
 
 
-def _closed(url: str, client: redis.Redis) -> bool | None:
-    return True if demo.admin_stats(url)["pending"] == 0 and demo.backlog(client) == 0 else None
-
-
 def run_loop(
-    procs: Processes, env: dict[str, str], client: redis.Redis, url: str, args: argparse.Namespace
-) -> tuple[float, list[Path]]:
+    procs: Children,
+    env: dict[str, str],
+    client: redis.Redis,
+    api: MockApi,
+    args: argparse.Namespace,
+) -> tuple[float, list[Child]]:
     """Run the poller and a worker until nothing is pending anywhere; stop both."""
     logs = [(args.log_dir / f"loop-{name}.log").resolve() for name in ("poll", "worker")]
     started = time.monotonic()
-    poller = procs.start([sys.executable, "-m", "worker", "poll"], out=logs[0], env=env)
-    worker = procs.start([sys.executable, "-m", "worker", "run"], out=logs[1], env=env)
-
-    def closed() -> bool | None:
-        demo.check_alive(poller, "the poller (ackworker poll)", logs[0])
-        demo.check_alive(worker, "the worker (ackworker run)", logs[1])
-        return _closed(url, client)
-
-    demo.poll(closed, timeout_s=args.timeout_s, what=f"the stand-in to hold nothing (logs: {logs})")
+    poller = start_ackworker(procs, "poll", "the poller (ackworker poll)", logs[0], env)
+    worker = start_ackworker(procs, "run", "the worker (ackworker run)", logs[1], env)
+    wait_while_running(
+        [poller, worker],
+        lambda: api.stats()["pending"] == 0 and backlog(client) == 0,
+        timeout_s=args.timeout_s,
+        what=f"the stand-in to hold nothing (logs: {logs})",
+    )
     loop_s = time.monotonic() - started
-    for proc, name, log in ((poller, "poller", logs[0]), (worker, "worker", logs[1])):
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=demo.STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise DemoError(f"the {name} did not stop within {demo.STOP_TIMEOUT_S:g} s") from None
-        if code != 0:
-            raise DemoError(f"the {name} exited with code {code} after SIGTERM; see {log}")
-    return loop_s, logs
+    for child in (poller, worker):
+        stop_cleanly(child)
+    return loop_s, [poller, worker]
 
 
 def summarize(
-    client: redis.Redis, url: str, held: int, loop_s: float, logs: list[Path]
+    client: redis.Redis, api: MockApi, held: int, loop_s: float, children: list[Child]
 ) -> LoopSummary:
     """The outcome from the stand-in, the two logs and the stream."""
-    cycles = [e for e in demo.read_events(logs[0]) if e["event"] == "poll.cycle"]
-    stopped = [e for e in demo.read_events(logs[1]) if e["event"] == "worker.stopped"]
-    stats = demo.admin_stats(url)
+    poller, worker = children
+    cycles = [e for e in poller.events() if e["event"] == "poll.cycle"]
+    stopped = [e for e in worker.events() if e["event"] == "worker.stopped"]
+    stats = api.stats()
     return LoopSummary(
         held=held,
         pending_after=int(stats["pending"]),
@@ -152,7 +155,7 @@ def render(s: LoopSummary) -> str:
             f"held          {s.held} finished results at the stand-in, none enqueued by hand",
             f"polled        {s.cycles} poll.cycle events: {s.enqueued} enqueued, "
             f"{s.known} seen again and skipped",
-            f"stream        {s.stream_added} entries ever added to {demo.TASKS}",
+            f"stream        {s.stream_added} entries ever added to {TASKS}",
             f"acknowledged  {s.confirmed} confirmed at the stand-in; worker.stopped says "
             f"{s.worker.get('confirmed')}",
             f"unacked       {s.held} before, {s.pending_after} after",
@@ -163,25 +166,18 @@ def render(s: LoopSummary) -> str:
     )
 
 
-def run_closed_loop(args: argparse.Namespace, workdir: Path, procs: Processes) -> LoopSummary:
+def run_closed_loop(args: argparse.Namespace, workdir: Path, procs: Children) -> LoopSummary:
     """Everything between starting the servers and reading the outcome."""
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    redis_url = demo.start_redis(procs, workdir)
+    redis_url = start_redis(procs)
     log = args.log_dir / "loop-mock-api.log"
-    url, seeded = demo.start_mock_api(procs, workdir, log, args.count)
-    print(f"closed loop   {url} holds {len(seeded)} results; running poll and run", flush=True)
-    env = demo.clean_env(
-        ACKWORKER_REDIS_URL=redis_url,
-        ACKWORKER_ENDPOINT=url,
-        ALIBABA_CLOUD_ACCESS_KEY_ID=demo.ACCESS_KEY_ID,
-        ALIBABA_CLOUD_ACCESS_KEY_SECRET=demo.ACCESS_KEY_SECRET,
-        **demo.WORKER_SETTINGS,
-        **LOOP_SETTINGS,
-    )
+    api, seeded = start_mock_api(procs, workdir, log, args.count)
+    print(f"closed loop   {api.url} holds {len(seeded)} results; running poll and run", flush=True)
+    env = worker_env(redis_url, api.url, **LOOP_SETTINGS)
     client = redis.Redis.from_url(redis_url)
     try:
-        loop_s, logs = run_loop(procs, env, client, url, args)
-        summary = summarize(client, url, len(seeded), loop_s, logs)
+        loop_s, children = run_loop(procs, env, client, api, args)
+        summary = summarize(client, api, len(seeded), loop_s, children)
     finally:
         client.close()
     summary.problems = problems(summary)
@@ -191,15 +187,13 @@ def run_closed_loop(args: argparse.Namespace, workdir: Path, procs: Processes) -
 def report(summary: LoopSummary, json_out: Path | None) -> int:
     """Print the summary (and write it as JSON); 0 if every promise held, else 1."""
     ok = "every held result polled once, acknowledged, none left pending"
-    return demo.conclude(
-        "closed loop", render(summary), asdict(summary), summary.problems, json_out, ok
-    )
+    return conclude("closed loop", render(summary), asdict(summary), summary.problems, json_out, ok)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the closed loop; the process exit code."""
     args = parse_args(argv)
-    return demo.supervise(
+    return supervise(
         "closed loop",
         lambda tmp, procs: run_closed_loop(args, tmp, procs),
         lambda summary: report(summary, args.json_out),
