@@ -139,7 +139,7 @@ class StreamScan:
 
 
 @dataclass(slots=True)
-class Tally:
+class StreamTally:
     """Entries of a stream counted by one field's value, with the sums of numeric fields."""
 
     by_value: dict[str, int] = field(default_factory=dict)
@@ -150,10 +150,10 @@ class Tally:
 
 async def tally_stream(
     redis: RedisClient, key: str, by: str, sums: Sequence[str] = (), *, end: str = "+"
-) -> Tally:
+) -> StreamTally:
     """Count the entries of ``key`` up to ``end`` by field ``by`` and sum ``sums``, in Redis."""
     script = register_script(redis, _TALLY)
-    tally = Tally(sums=dict.fromkeys(sums, 0))
+    tally = StreamTally(sums=dict.fromkeys(sums, 0))
     start = "-"
     while tally.scanned < SCAN_CAP:
         count = min(PAGE, SCAN_CAP - tally.scanned)

@@ -31,7 +31,7 @@ _FAILED_SHARE = 0.1  # one in ten generated tasks failed, so status filters have
 
 
 @dataclass(frozen=True, slots=True)
-class TaskDetail:
+class StoredTask:
     """One finished task result, with the fields ``PollTaskResult`` returns."""
 
     task_detail_no: str
@@ -73,7 +73,7 @@ class PollFilter:
     instance_id: str | None = None
     status: int | None = None
 
-    def matches(self, task: TaskDetail) -> bool:
+    def matches(self, task: StoredTask) -> bool:
         """Whether ``task`` passes every filter that is set."""
         return (
             (self.task_no is None or task.task_no == self.task_no)
@@ -98,7 +98,7 @@ class Page:
     page_num: int
     page_size: int
     total: int
-    items: list[TaskDetail]
+    items: list[StoredTask]
 
     @property
     def total_pages(self) -> int:
@@ -114,7 +114,7 @@ class TaskStore:
 
     def __init__(self, *, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
-        self._pending: dict[str, TaskDetail] = {}  # insertion order is poll order
+        self._pending: dict[str, StoredTask] = {}  # insertion order is poll order
         self._confirmations: dict[str, int] = {}  # number -> requests that confirmed it
         self.reconfirm_attempts = 0
         """Already confirmed numbers submitted again (each answered with 0)."""
@@ -158,12 +158,12 @@ class TaskStore:
 
     def _make_task(
         self, number: str, task_no: str | None, domain: str | None, status: int | None
-    ) -> TaskDetail:
+    ) -> StoredTask:
         rng = self._rng
         if status is None:
             status = FAILED if rng.random() < _FAILED_SHARE else SUCCEEDED
         now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-        return TaskDetail(
+        return StoredTask(
             task_detail_no=number,
             task_no=task_no or f"{rng.getrandbits(128):032x}",
             domain_name=domain or f"example-{rng.randrange(10_000):04d}.com",
@@ -203,7 +203,7 @@ class TaskStore:
         """Page ``page_num`` (from 1) of unacknowledged results matching ``filters``."""
         start = (page_num - 1) * page_size
         if filters.is_empty:
-            matching: Iterator[TaskDetail] = iter(self._pending.values())
+            matching: Iterator[StoredTask] = iter(self._pending.values())
             total = len(self._pending)
             items = list(itertools.islice(matching, start, start + page_size))
             return Page(page_num, page_size, total, items)
