@@ -18,6 +18,7 @@ from tests.harness import ScriptedApi, drained, make_settings, running_worker, w
 from worker.api.client import AckResult
 from worker.commands import common as ops
 from worker.commands.status import collect_status
+from worker.entries import DEFAULT_ACCOUNT
 from worker.errors import PermanentApiError
 from worker.store.enqueue import enqueue
 from worker.store.heartbeat import Heartbeat
@@ -203,7 +204,7 @@ async def test_status_says_when_a_count_was_capped(
         await redis.xadd(keys.dead, dead_letter(f"d{n}", "rejected", n))  # type: ignore[arg-type]
     monkeypatch.setattr(ops, "PAGE", 2)
     monkeypatch.setattr(ops, "SCAN_CAP", 5)
-    status = await collect_status(redis, keys, 10.0)
+    status = await collect_status(redis, keys, {DEFAULT_ACCOUNT: 10.0})
     assert status["dead"] == {
         "total": 7,
         "by_reason": {"rejected": 5},

@@ -32,12 +32,10 @@ from worker.store.keys import Keys
 async def collect_status(
     redis: RedisClient,
     keys: Keys,
-    limit_rps: float,
-    accounts: Mapping[str, float] | None = None,
+    limits: Mapping[str, float],
 ) -> dict[str, Any]:
-    """The status snapshot; ``limit_rps`` is the configured ``rate_limit``, ``accounts`` the
-    named accounts' (``rate_limit`` and ``dead`` also appear per account, default first)."""
-    limits = {DEFAULT_ACCOUNT: limit_rps, **(accounts or {})}
+    """The status snapshot; ``limits`` is every account's configured ``rate_limit`` by name,
+    the default account's included (``rate_limit`` also appears per account, default first)."""
     rates = {
         name: await _rate_limit(redis, keys.limiter_for(name), rps) for name, rps in limits.items()
     }
@@ -212,8 +210,8 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
     """``ackworker status [--json]``."""
 
     async def main(redis: RedisClient, keys: Keys) -> int:
-        named = {name: account.rate_limit for name, account in settings.accounts.items()}
-        snapshot = await collect_status(redis, keys, settings.rate_limit, named)
+        limits = {name: account.rate_limit for name, account in settings.all_accounts.items()}
+        snapshot = await collect_status(redis, keys, limits)
         if as_json:
             print_json(snapshot)
         else:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from worker.config import values as k
-from worker.config.credentials import Credentials, CredentialSource
+from worker.config.credentials import DEFAULT_PROFILE, Credentials, CredentialSource
 from worker.entries import DEFAULT_ACCOUNT
 from worker.errors import ConfigError
 
@@ -149,7 +149,7 @@ def _credentials(
             raise ConfigError(f"{label}: security_token_env goes with the *_env keys only")
         if not isinstance(path, str) or not path:
             raise ConfigError(f"{label}: credentials_file must be a path")
-        profile = body.get("credentials_profile", "default")
+        profile = body.get("credentials_profile", DEFAULT_PROFILE)
         if not isinstance(profile, str) or not profile:
             raise ConfigError(f"{label}: credentials_profile must be a profile name")
         return CredentialSource("file", path=path, profile=profile)
