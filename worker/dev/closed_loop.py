@@ -36,7 +36,7 @@ from worker.dev.demo_setup import (
 )
 from worker.dev.demo_summary import conclude
 from worker.dev.demo_workload import backlog
-from worker.dev.sandbox import Child, Children, MockApi
+from worker.dev.sandbox import Child, Children, MockApiProcess
 
 LOOP_SETTINGS = {
     "ACKWORKER_POLL_INTERVAL_S": "0.5",
@@ -87,7 +87,7 @@ def run_loop(
     procs: Children,
     env: dict[str, str],
     client: redis.Redis,
-    api: MockApi,
+    api: MockApiProcess,
     args: argparse.Namespace,
 ) -> tuple[float, list[Child]]:
     """Run the poller and a worker until nothing is pending anywhere; stop both."""
@@ -108,7 +108,7 @@ def run_loop(
 
 
 def summarize(
-    client: redis.Redis, api: MockApi, held: int, loop_s: float, children: list[Child]
+    client: redis.Redis, api: MockApiProcess, held: int, loop_s: float, children: list[Child]
 ) -> LoopSummary:
     """The outcome from the stand-in, the two logs and the stream."""
     poller, worker = children

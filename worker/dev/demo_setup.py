@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import redis
 
-from worker.dev.sandbox import Child, ChildOptions, Children, MockApi, clean_env, poll
+from worker.dev.sandbox import Child, ChildOptions, Children, MockApiProcess, clean_env, poll
 
 T = TypeVar("T")
 
@@ -57,7 +57,7 @@ def start_redis(procs: Children) -> str:
 
 def start_mock_api(
     procs: Children, workdir: Path, log: Path, count: int
-) -> tuple[MockApi, list[str]]:
+) -> tuple[MockApiProcess, list[str]]:
     """Start ``ackworker mock-api`` seeded with ``count`` numbers; it and the numbers."""
     seed_out = workdir / "seeded.txt"
     flags = ["--host", "127.0.0.1", "--seed", str(count), "--seed-out", str(seed_out)]

@@ -15,7 +15,7 @@ import redis
 
 from worker.dev.demo_setup import DEAD, RECONCILE
 from worker.dev.demo_workload import MALFORMED, Workload, stream
-from worker.dev.sandbox import Child, MockApi
+from worker.dev.sandbox import Child, MockApiProcess
 
 
 @dataclass(slots=True)
@@ -41,7 +41,7 @@ def _text(value: bytes | None) -> str:
 
 
 def summarize(
-    client: redis.Redis, api: MockApi, work: Workload, worker: Child, drain_s: float
+    client: redis.Redis, api: MockApiProcess, work: Workload, worker: Child, drain_s: float
 ) -> Summary:
     """Collect the outcome from the stand-in, the worker's log and the Redis streams."""
     events = worker.events()

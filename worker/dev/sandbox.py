@@ -1,18 +1,15 @@
 """Throwaway local processes: the one harness of the demo, the tests, the benchmarks and the
-chaos suite.
+chaos suite. Every wait is on a condition with a deadline (:func:`poll`), never a sleep.
 
-- :func:`free_port`: a free loopback port, never the shared Redis's 6379.
-- :func:`clean_env`: a child's environment without stray ``ACKWORKER_*``/``ALIBABA_*`` settings.
-- :class:`RedisServer`: a ``redis-server`` on loopback with nothing saved, waited for (it
-  answers PING) with a deadline, stopped, and restarted on the same port and data directory;
-  TLS, passwords, ACL users and cluster options are extra arguments.
-- :class:`MockApi`: the Domain API stand-in (``ackworker mock-api``), up once it says where it
+- :func:`free_port`: a free loopback port, never the shared Redis's 6379; :func:`clean_env`:
+  a child's environment without stray ``ACKWORKER_*``/``ALIBABA_*`` settings.
+- :class:`RedisServer`: ``redis-server`` on loopback, nothing saved, up once it answers PING,
+  restartable on its port and directory; TLS, passwords, ACLs, cluster are extra arguments.
+- :class:`MockApiProcess`: the stand-in (``ackworker mock-api``), up once it says where it
   listens, with its admin API.
-- :class:`Child` (from :mod:`worker.dev.children`): any child process, its output in files,
-  stopped with SIGTERM and then SIGKILL; :class:`Children`: the children of one run, all
-  stopped however the run ends. :class:`ChildOptions` holds what differs between callers.
-
-Every wait is on a condition with a deadline (:func:`poll`, :func:`wait_until`), never a sleep.
+- :class:`Child` (:mod:`worker.dev.children`): any child, its output in files, stopped with
+  SIGTERM then SIGKILL; :class:`Children`: those of one run, all stopped however it ends.
+  :class:`ChildOptions`: what differs between callers.
 """
 
 from __future__ import annotations
@@ -167,7 +164,7 @@ class RedisServer(Child):
 # --- the stand-in ------------------------------------------------------------------------
 
 
-class MockApi(Child):
+class MockApiProcess(Child):
     """The Domain API stand-in: ``command`` (``ackworker mock-api``, or another that prints
     the same line) with ``--port 0`` and ``flags``, up once it prints ``mock-api listening
     on URL``; :attr:`url` is that URL. ``ca_file`` verifies a stand-in served over TLS."""
@@ -248,11 +245,18 @@ class Children:
         self._started.append(child)
         return child
 
+    def log(self, name: str) -> Path | None:
+        """Where child ``name`` writes its output by default."""
+        return self.options.files(self.workdir, name)[0]
+
+    def _files(self, name: str, log: Path | None) -> tuple[Path | None, Path | None]:
+        return (log, None) if log is not None else self.options.files(self.workdir, name)
+
     def start(
         self, name: str, args: Sequence[str], env: Mapping[str, str], *, log: Path | None = None
     ) -> Child:
         """Start ``args``; its output in ``log``, by default ``<workdir>/<name>.log``."""
-        out, err = (log, None) if log is not None else self.options.files(self.workdir, name)
+        out, err = self._files(name, log)
         return self.adopt(Child(name, args, env=env, log=out, err=err, options=self.options))
 
     def redis(
@@ -292,10 +296,10 @@ class Children:
         env: Mapping[str, str] | None = None,
         timeout_s: float = 30.0,
         interval_s: float = POLL_S,
-    ) -> MockApi:
-        """A :class:`MockApi`; its output in ``log``, by default ``<workdir>/<name>.log``."""
-        out, err = (log, None) if log is not None else self.options.files(self.workdir, name)
-        api = MockApi(
+    ) -> MockApiProcess:
+        """The stand-in; its output in ``log``, by default ``<workdir>/<name>.log``."""
+        out, err = self._files(name, log)
+        api = MockApiProcess(
             name,
             flags,
             env=env,
