@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.data import KEYS
 from bench.measure import MB, Drain, ProcWatch, watch_drain
-from bench.procs import ACCESS_KEY_ID, ACCESS_KEY_SECRET, PYTHON, BenchError, Stack, clean_env, stop
+from bench.procs import ACCESS_KEY_ID, ACCESS_KEY_SECRET, PYTHON, BenchError, Stack, clean_env
 
 Numbers = dict[str, Any]
 
@@ -82,20 +82,20 @@ def drain_backlog(
 ) -> tuple[Drain, ProcWatch]:
     """Spawn the contestant, wait until the backlog is 0, stop it; its drain and its watch."""
     spawned = time.monotonic()
-    proc = stack.procs.start(name, args, env)
-    watch = ProcWatch(proc.pid)
+    child = stack.procs.start(name, args, env)
+    watch = ProcWatch(child.pid)
     drain = watch_drain(
         lambda: backlog(stack),
-        proc,
+        child.proc,
         watch,
         spawned_s=spawned,
         timeout_s=timeout_s,
-        alive=lambda: stack.procs.check_alive(proc, name),
+        alive=child.check_alive,
     )
     watch.peak = watch.peak_rss()
-    code = stop(proc)
+    code = child.stop()
     if code != 0:
-        raise BenchError(f"{name} exited with {code} after SIGTERM; see {stack.procs.log(name)}")
+        raise BenchError(f"{name} exited with {code} after SIGTERM; see {child.log}")
     return drain, watch
 
 

@@ -16,7 +16,6 @@ and the polling interval beside them, so the resolution is on the record.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,9 @@ from redis.asyncio import Redis
 from bench.contestants import WorkerConfig, ackworker_args
 from bench.data import KEYS, ensure_group, make_ids, write_seed_file
 from bench.measure import median, percentile
-from bench.procs import BenchError, Stack, poll_until, stack, stop
+from bench.procs import BenchError, Stack, poll_until, stack
 from bench.scenario import Numbers, Options, Row
+from worker.dev.sandbox import Child
 
 NAME = "latency"
 LATENCY_MS = 20
@@ -113,11 +113,11 @@ async def produce_and_observe(s: Stack, ids: list[str], rate: float, timeout_s: 
     return t
 
 
-def wait_consuming(s: Stack, proc: subprocess.Popen[bytes]) -> None:
+def wait_consuming(s: Stack, worker: Child) -> None:
     """Wait until the worker is reading: a client of Redis is in XREADGROUP."""
 
     def reading() -> bool | None:
-        s.procs.check_alive(proc, "ackworker")
+        worker.check_alive()
         clients: list[dict[str, str]] = s.redis.client_list()  # type: ignore[assignment]
         return True if any(c.get("cmd") == "xreadgroup" for c in clients) else None
 
@@ -150,11 +150,11 @@ def run_once(opts: Options, workdir: Path, index: int) -> Numbers:
     seed = write_seed_file(workdir / "seed.txt", ids)
     with stack(workdir / "ackworker", seed, ("--latency-ms", str(LATENCY_MS))) as s:
         ensure_group(s.redis)
-        proc = s.procs.start("ackworker", ackworker_args(), WORKER.env(s))
-        wait_consuming(s, proc)
+        worker = s.procs.start("ackworker", ackworker_args(), WORKER.env(s))
+        wait_consuming(s, worker)
         timings = asyncio.run(produce_and_observe(s, ids, rate, opts.latency_s + 60))
-        if stop(proc) != 0:
-            raise BenchError(f"ackworker did not exit 0; see {s.procs.log('ackworker')}")
+        if worker.stop() != 0:
+            raise BenchError(f"ackworker did not exit 0; see {worker.log}")
     return {
         "n": len(ids),
         "rate_per_s": rate,

@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.contestants import WorkerConfig, ackworker_args, admin_stats, measure
 from bench.data import fill_list, fill_stream, make_ids, write_seed_file
 from bench.measure import ratio
-from bench.procs import PYTHON, BenchError, Stack, clean_env, log_tail, stack
+from bench.procs import PYTHON, BenchError, Stack, clean_env, stack
 from bench.scenario import Numbers, Options, Row
 
 NAME = "peers"
@@ -46,14 +46,11 @@ def run_peer(s: Stack, mode: str, max_s: float) -> Numbers:
     name = f"sdk-{mode}"
     args = [PYTHON, "-m", "bench.sdk_peers", mode, "--redis-url", s.redis_url]
     args += ["--endpoint", s.endpoint, "--max-s", f"{max_s:g}"]
-    proc = s.procs.start(name, args, clean_env())
-    try:
-        code = proc.wait(timeout=max_s + 60)
-    except TimeoutError:
-        raise BenchError(f"{name} did not finish within {max_s + 60:g} s") from None
-    lines = s.procs.log(name).read_text(errors="replace").strip().splitlines()
+    peer = s.procs.start(name, args, clean_env())
+    code = peer.wait_exit(max_s + 60)
+    lines = peer.output().strip().splitlines()
     if code != 0 or not lines:
-        raise BenchError(f"{name} exited with {code}: {log_tail(s.procs.log(name))}")
+        raise BenchError(f"{name} exited with {code}: {peer.tail()}")
     tally: Numbers = json.loads(lines[-1])
     return {**tally, **_rates(tally), "stand_in_confirmed": admin_stats(s.api_url)["confirmed"]}
 
