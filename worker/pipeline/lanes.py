@@ -33,6 +33,7 @@ from worker.retry import RetryPolicy
 from worker.store.connection import RedisClient
 from worker.store.dedupe import Dedupe, DedupeConfig
 from worker.store.keys import Keys
+from worker.store.leases import LeaseRenewer
 from worker.store.settle import Settler
 from worker.store.source import SourceConfig, StreamSource
 from worker.totals import Totals
@@ -68,7 +69,8 @@ class WorkerParts:
 @dataclass(frozen=True, slots=True)
 class Lane:
     """One account's pipeline: ``keys.tasks`` is the stream it reads, ``holdings`` what it has
-    read and not settled (bounded), ``processor`` takes its batches to their outcome."""
+    read and not settled (bounded), ``processor`` takes its batches to their outcome,
+    ``renewer`` keeps the held entries from being claimed by another consumer."""
 
     account: str
     keys: Keys
@@ -77,6 +79,7 @@ class Lane:
     source: StreamSource
     holdings: Holdings
     processor: Processor
+    renewer: LeaseRenewer
 
 
 def is_routed(settings: Settings) -> bool:
@@ -123,29 +126,40 @@ class _LaneBuilder:
         gate = SendGate(p.policy, p.clock, client.reload_credentials or (lambda: None))
         # About 2 x concurrency x batch_size: queued batches plus those being sent, plus one.
         holdings = Holdings(s.batch_size * (2 * s.concurrency + 1))
-        lane = _LaneParts(name, account.rate_limit, client.client, gate, source.settler, holdings)
-        return Lane(name, keys, gate, source.settler, source, holdings, self._processor(lane))
-
-    def _processor(self, lane: _LaneParts) -> Processor:
-        s, p, totals = self.settings, self.parts, self.totals
-        slots = anyio.Semaphore(s.concurrency)
-        verifier = build_verifier(
-            s, lane.client, policy=p.policy, clock=p.clock, rng=p.rng, slots=slots
+        processor = self._processor(account, client.client, gate, source.settler, holdings)
+        renewer = LeaseRenewer(
+            p.redis, keys, s.consumer, holdings, claim_idle_ms=s.claim_idle_ms, clock=p.clock
         )
-        limiter_key = p.keys.limiter_for(lane.account)
-        name = lane.account
+        return Lane(name, keys, gate, source.settler, source, holdings, processor, renewer)
+
+    def _processor(
+        self,
+        account: Account,
+        client: Acknowledger,
+        gate: SendGate,
+        settler: Settler,
+        holdings: Holdings,
+    ) -> Processor:
+        s, p, totals, name = self.settings, self.parts, self.totals, account.name
+        slots = anyio.Semaphore(s.concurrency)
+        verifier = build_verifier(s, client, policy=p.policy, clock=p.clock, rng=p.rng, slots=slots)
+        limiter = MeteredLimiter(
+            p.redis,
+            p.keys.limiter_for(name),
+            account.rate_limit,
+            p.clock,
+            totals=totals,
+            account=name,
+        )
+        dedupe = Dedupe(p.redis, p.keys, s.consumer, DedupeConfig(s.dedupe_ttl_s, s.claim_idle_ms))
         deps = ProcessorDeps(
-            dedupe=Dedupe(
-                p.redis, p.keys, s.consumer, DedupeConfig(s.dedupe_ttl_s, s.claim_idle_ms)
-            ),
-            limiter=MeteredLimiter(
-                p.redis, limiter_key, lane.rate_limit, p.clock, totals=totals, account=name
-            ),
-            client=MeteredClient(lane.client, totals, p.clock),
-            settler=lane.settler,
-            gate=lane.gate,
+            dedupe=dedupe,
+            limiter=limiter,
+            client=MeteredClient(client, totals, p.clock),
+            settler=settler,
+            gate=gate,
             policy=p.policy,
-            holdings=lane.holdings,
+            holdings=holdings,
             totals=totals,
             spawn=lambda batch: self.spawn(name, batch),
             send_slots=slots,
@@ -154,18 +168,6 @@ class _LaneBuilder:
             verifier=verifier,
         )
         return Processor(deps)
-
-
-@dataclass(frozen=True, slots=True)
-class _LaneParts:
-    """What a lane's processor is built from."""
-
-    account: str
-    rate_limit: float
-    client: Acknowledger
-    gate: SendGate
-    settler: Settler
-    holdings: Holdings
 
 
 def build_verifier(

@@ -33,7 +33,6 @@ from worker.pipeline.router import Router, orphaned_accounts
 from worker.retry import redis_backoff_s
 from worker.store.connection import REDIS_ERRORS
 from worker.store.heartbeat import Heartbeat
-from worker.store.leases import LeaseRenewer
 from worker.store.source import ensure_group
 from worker.totals import Totals
 
@@ -82,17 +81,6 @@ class Worker:
             account_streams=streams,
         )
 
-    def _lease_renewer(self, lane: Lane) -> LeaseRenewer:
-        p, s = self._p, self._s
-        return LeaseRenewer(
-            p.redis,
-            lane.keys,
-            s.consumer,
-            lane.holdings,
-            claim_idle_ms=s.claim_idle_ms,
-            clock=p.clock,
-        )
-
     def _heartbeat(self) -> Heartbeat:
         p = self._p
         return Heartbeat(p.redis, p.keys, self._s.consumer, self.vitals, clock=p.clock)
@@ -128,7 +116,7 @@ class Worker:
                     await self._connect()
                     await tg.start(self._heartbeat().run)
                     for lane in self._lanes.values():
-                        tg.start_soon(self._lease_renewer(lane).run)
+                        tg.start_soon(lane.renewer.run)
                     log.info("worker.started", consumer=self._s.consumer, **self._public_settings())
                     task_status.started()
                     if not self._stop.is_stopping:
