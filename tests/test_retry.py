@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import anyio.lowlevel
@@ -23,7 +24,7 @@ POLICY = RetryPolicy(max_attempts=3, base_s=0.5, cap_s=4.0)
 def _retry(throttled: list[float | None] | None = None) -> tuple[ApiRetry, list[Any]]:
     events: list[Any] = []
 
-    def capture(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def capture(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
         events.append(event)
         raise structlog.DropEvent
 
