@@ -9,8 +9,9 @@ from typing import Any
 from redis import Redis
 
 from chaos.invariant import Ledger, check_invariant
-from chaos.procs import MockApiProc, RedisProc, Stage, WorkerProc, enqueue, wait_until, worker_env
+from chaos.procs import MockApiProc, Stage, WorkerProc, enqueue, wait_until, worker_env
 from chaos.report import Outcome
+from worker.dev.sandbox import RedisServer
 from worker.store.keys import Keys
 
 
@@ -19,7 +20,7 @@ class Rig:
     """One scenario's Redis, stand-in and key prefix."""
 
     stage: Stage
-    redis: RedisProc
+    redis: RedisServer
     api: MockApiProc
     prefix: str = "chaos"
 

@@ -47,7 +47,7 @@ def run(outcome: Outcome, workdir: Path, mode: Mode) -> None:
             wait_until(
                 lambda: int(rig.api.stats()["in_flight"]) > 0, timeout_s=10, what="a request"
             )
-            victim.kill9()
+            victim.kill()
             held = rig.pending_of(name)
             held_total += len(held)
             recover_s.append(

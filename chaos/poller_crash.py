@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from chaos.common import Rig, expect_invariant, no_tracebacks, start_rig, stop_cleanly
-from chaos.procs import PYTHON, ChaosError, Proc, Stage, WorkerProc, numbers, wait_until
+from chaos.procs import ChaosError, Stage, WorkerProc, numbers, wait_until
 from chaos.report import Mode, Outcome, Scenario
 
 SIZES = {"full": 3000, "reduced": 300}
@@ -36,18 +36,15 @@ LATENCY_MS = 40
 class PollerProc(WorkerProc):
     """``python -m worker poll``; its log is read as a worker's is."""
 
-    def __init__(self, workdir: Path, name: str, env: Mapping[str, str]) -> None:
-        Proc.__init__(self, name, [PYTHON, "-m", "worker", "poll"], workdir, env)
+    START_EVENT = "poll.started"
 
-    def started(self) -> bool:
-        if not self.alive():
-            raise ChaosError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
-        return self.has("poll.started")
+    def __init__(self, workdir: Path, name: str, env: Mapping[str, str]) -> None:
+        super().__init__(workdir, name, env, command="poll")
 
 
 def start_poller(stage: Stage, name: str, env: Mapping[str, str]) -> PollerProc:
     poller = PollerProc(stage.workdir, name, env)
-    stage.procs.append(poller)
+    stage.adopt(poller)
     wait_until(poller.started, timeout_s=30, what=f"{name} started")
     return poller
 
@@ -72,7 +69,7 @@ def _kill_mid_cycle(rig: Rig, poller: PollerProc) -> int:
     )
     if not poller.alive():
         raise ChaosError(f"{poller.name} exited before it was killed: {poller.tail()}")
-    poller.kill9()
+    poller.kill()
     return entries_added(rig)
 
 

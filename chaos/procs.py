@@ -1,35 +1,36 @@
 """The processes a scenario runs: redis-server, the stand-in and workers, all on loopback.
 
-A :class:`Stage` owns every process it starts and kills what is still running when it
-closes, whatever happened. Nothing here waits a fixed time for a condition: :func:`wait_until`
-polls with a deadline, and every loop is bounded by one.
+They are :mod:`worker.dev.sandbox` children with the suite's options: run from the
+repository, stdout in ``<name>.log`` and stderr in ``<name>.err`` in the stage's directory,
+stopped with SIGTERM and then SIGKILL after 10 s, failing with :class:`ChaosError`. A
+:class:`Stage` owns every process it starts and stops what is still running when it closes,
+whatever happened. Nothing here waits a fixed time for a condition: :func:`wait_until` polls
+with a deadline, and every loop is bounded by one.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import signal
-import socket
-import ssl
-import subprocess
 import sys
 import time
-import urllib.request
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import redis
+
+from worker.dev import sandbox
+from worker.dev.sandbox import MOCK_API, Child, ChildOptions, Children, MockApiProcess, RedisServer
 
 # Re-exported: the rest of the package imports them from here.
 from worker.dev.sandbox import clean_env as clean_env
 from worker.dev.sandbox import free_port as free_port
 from worker.store.keys import Keys
+
+P = TypeVar("P", bound=Child)
 
 PYTHON = sys.executable
 REPO = Path(__file__).resolve().parent.parent
@@ -41,15 +42,15 @@ class ChaosError(AssertionError):
     """A scenario could not go on: a deadline passed or a process misbehaved."""
 
 
+OPTIONS = ChildOptions(cwd=REPO, stderr_apart=True, grace_s=10.0, error=ChaosError)
+"""How the suite runs a child: from the repository, stderr apart, 10 s to stop."""
+
+
 def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> float:
     """Poll ``predicate`` until true; returns the seconds it took. Raises after ``timeout_s``."""
-    started = time.monotonic()
-    deadline = started + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise ChaosError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(POLL_S)
-    return time.monotonic() - started
+    return sandbox.wait_until(
+        predicate, timeout_s=timeout_s, what=what, interval_s=POLL_S, error=ChaosError
+    )
 
 
 def hold_for(duration_s: float, every_s: float, sample: Callable[[], None]) -> None:
@@ -66,117 +67,7 @@ def hold_for(duration_s: float, every_s: float, sample: Callable[[], None]) -> N
         time.sleep(min(POLL_S, max(0.0, deadline - now)))
 
 
-class Proc:
-    """A child process whose output goes to files in the stage's directory."""
-
-    def __init__(self, name: str, args: list[str], workdir: Path, env: Mapping[str, str]) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self.err_path = workdir / f"{name}.err"
-        self._out = self.log_path.open("wb")
-        self._err = self.err_path.open("wb")
-        self.proc = subprocess.Popen(
-            args, stdout=self._out, stderr=self._err, env=dict(env), cwd=REPO
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            os.kill(self.proc.pid, signum)
-
-    def kill9(self) -> None:
-        """SIGKILL and reap."""
-        self.signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def wait_exit(self, timeout_s: float) -> int:
-        """Wait for the process to exit; its exit code."""
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise ChaosError(f"{self.name} did not exit within {timeout_s:g} s") from None
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it is still there after 10 s; close the log files."""
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._out.close()
-        self._err.close()
-
-    def output(self) -> str:
-        """Everything the process wrote, stdout then stderr."""
-        return self.log_path.read_text(errors="replace") + self.err_path.read_text(errors="replace")
-
-    def rss_bytes(self) -> int:
-        return int(psutil.Process(self.proc.pid).memory_info().rss)
-
-    def fd_count(self) -> int:
-        return int(psutil.Process(self.proc.pid).num_fds())
-
-
-class RedisProc(Proc):
-    """A throwaway redis-server on a free loopback port; :meth:`restart` keeps port and dir."""
-
-    def __init__(self, workdir: Path, name: str, *extra: str, password: str | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise ChaosError("redis-server not found: run 'make setup'")
-        self.port = free_port()
-        self.workdir = workdir / name
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.password = password
-        self._args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        if "--appendonly" not in extra:
-            self._args += ["--appendonly", "no"]
-        self._args += ["--dir", str(self.workdir), *extra]
-        if password is not None:
-            self._args += ["--requirepass", password]
-        super().__init__(name, self._args, workdir, os.environ)
-        self._wait_answers()
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
-
-    def _answers(self) -> bool:
-        if not self.alive():
-            raise ChaosError(f"redis-server {self.name} exited with {self.proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                reply = sock.recv(64)
-        except OSError:
-            return False
-        # Still loading the AOF answers -LOADING; a password server answers -NOAUTH.
-        return reply.startswith((b"+PONG", b"-NOAUTH"))
-
-    def _wait_answers(self) -> None:
-        wait_until(self._answers, timeout_s=20, what=f"redis-server on port {self.port}")
-
-    def restart(self) -> None:
-        """Start the same server again (same port, dir and options) after it stopped."""
-        if self.alive():
-            raise ChaosError(f"{self.name} is still running")
-        self.proc = subprocess.Popen(self._args, stdout=self._out, stderr=self._err, cwd=REPO)
-        self._wait_answers()
-
-
-class MockApiProc(Proc):
+class MockApiProc(MockApiProcess):
     """``python -m worker mock-api --port 0`` (or another stand-in module) and its admin API."""
 
     def __init__(
@@ -189,67 +80,50 @@ class MockApiProc(Proc):
         ca_file: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        args = [PYTHON, "-m", module, "mock-api", "--port", "0", *flags]
-        if module != "worker":
-            args = [PYTHON, "-m", module, "--port", "0", *flags]
-        super().__init__(name, args, workdir, env or clean_env())
-        self._ssl = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
-        self.url = ""
-        wait_until(self._listening, timeout_s=30, what=f"{name} listening")
-
-    def _listening(self) -> bool:
-        if not self.alive():
-            raise ChaosError(f"{self.name} exited: {self.output()[-500:]}")
-        for line in self.log_path.read_text().splitlines():
-            if line.startswith("mock-api listening on "):
-                self.url = line.rsplit(" ", 1)[1]
-                return True
-        return False
-
-    def _call(self, method: str, path: str, body: object | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=30, context=self._ssl) as response:
-            return json.loads(response.read())
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", "/_admin/stats")
-        return result
+        log, err = OPTIONS.files(workdir, name)
+        command = MOCK_API if module == "worker" else (PYTHON, "-m", module)
+        super().__init__(
+            name,
+            flags,
+            env=env,
+            log=log,
+            err=err,
+            options=OPTIONS,
+            command=command,
+            ca_file=ca_file,
+        )
 
     def faults(self, **changes: object) -> None:
-        self._call("POST", "/_admin/faults", changes)
+        self.admin("POST", "/_admin/faults", changes)
 
     def reset_stats(self) -> None:
-        self._call("POST", "/_admin/reset-stats", {})
+        self.admin("POST", "/_admin/reset-stats", {})
 
     def seed(self, ids: list[str]) -> None:
         for start in range(0, len(ids), 100_000):
-            self._call("POST", "/_admin/seed", {"ids": ids[start : start + 100_000]})
+            self.admin("POST", "/_admin/seed", {"ids": ids[start : start + 100_000]})
 
     def keys(self, keys: list[dict[str, str]]) -> None:
-        self._call("POST", "/_admin/keys", {"keys": keys})
+        self.admin("POST", "/_admin/keys", {"keys": keys})
 
     def confirmed(self) -> set[str]:
-        return set(self._call("GET", "/_admin/confirmed")["ids"])
+        return set(self.admin("GET", "/_admin/confirmed")["ids"])
 
     def throttled(self) -> int:
         return int(self.stats()["errors_by_code"].get("Throttling.User", 0))
 
 
-class WorkerProc(Proc):
-    """``python -m worker run`` with JSON log lines in a file."""
+class WorkerProc(Child):
+    """``python -m worker <command>`` (``run`` by default) with JSON log lines in a file."""
 
-    def __init__(self, workdir: Path, name: str, env: Mapping[str, str]) -> None:
-        super().__init__(name, [PYTHON, "-m", "worker", "run"], workdir, env)
+    START_EVENT = "worker.started"
 
-    def events(self) -> Iterator[dict[str, Any]]:
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{") and line.endswith("}"):
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    continue
+    def __init__(
+        self, workdir: Path, name: str, env: Mapping[str, str], command: str = "run"
+    ) -> None:
+        log, err = OPTIONS.files(workdir, name)
+        args = [PYTHON, "-m", "worker", command]
+        super().__init__(name, args, env=env, log=log, err=err, options=OPTIONS)
 
     def named(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.events() if e.get("event") == name]
@@ -258,12 +132,15 @@ class WorkerProc(Proc):
         return any(e.get("event") == name for e in self.events())
 
     def started(self) -> bool:
-        if not self.alive():
-            raise ChaosError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
-        return self.has("worker.started")
+        """True once it logged its start event; ChaosError if it exited first."""
+        self.check_alive()
+        return self.has(self.START_EVENT)
 
-    def tail(self) -> str:
-        return self.output()[-600:]
+    def rss_bytes(self) -> int:
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+    def fd_count(self) -> int:
+        return int(psutil.Process(self.pid).num_fds())
 
 
 def worker_env(
@@ -290,12 +167,12 @@ def worker_env(
 
 
 class Stage:
-    """The processes of one scenario run, in ``workdir``; all killed when it closes."""
+    """The processes of one scenario run, in ``workdir``; all stopped when it closes."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.procs: list[Proc] = []
+        self._children = Children(workdir, OPTIONS)
 
     def __enter__(self) -> Stage:
         return self
@@ -309,25 +186,33 @@ class Stage:
         self.close()
 
     def close(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
+        self._children.stop_all()
 
-    def redis(self, *extra: str, name: str = "redis", password: str | None = None) -> RedisProc:
-        proc = RedisProc(self.workdir, name, *extra, password=password)
-        self.procs.append(proc)
-        return proc
+    def adopt(self, proc: P) -> P:
+        """Stop ``proc`` with the others."""
+        return self._children.adopt(proc)
 
-    def mock_api(self, *flags: str, name: str = "mock-api", **options: Any) -> MockApiProc:
-        try:
-            proc = MockApiProc(self.workdir, name, list(flags), **options)
-        except BaseException:
-            raise
-        self.procs.append(proc)
-        return proc
+    def redis(self, *extra: str, name: str = "redis", password: str | None = None) -> RedisServer:
+        """A redis-server with its data in ``<workdir>/<name>``; restartable in place."""
+        data_dir = self.workdir / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return self._children.redis(
+            *extra, data_dir=data_dir, name=name, password=password, ready_timeout_s=20
+        )
+
+    def mock_api(
+        self,
+        *flags: str,
+        name: str = "mock-api",
+        module: str = "worker",
+        ca_file: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> MockApiProc:
+        api = MockApiProc(self.workdir, name, list(flags), module=module, ca_file=ca_file, env=env)
+        return self._children.adopt(api)
 
     def worker(self, name: str, env: Mapping[str, str], *, wait: bool = True) -> WorkerProc:
-        proc = WorkerProc(self.workdir, name, env)
-        self.procs.append(proc)
+        proc = self.adopt(WorkerProc(self.workdir, name, env))
         if wait:
             wait_until(proc.started, timeout_s=30, what=f"{name} started")
         return proc
