@@ -1,19 +1,20 @@
 """Real Redis topologies for the tests: TLS with a CA made here, Sentinel, a three-node Cluster.
 
-Every process is started on free loopback ports in a temporary directory and stopped by
-``close()``; every wait is on a condition with a deadline, never a fixed sleep.
+Every server is a :mod:`worker.dev.sandbox` redis-server on free loopback ports in a
+temporary directory, stopped by ``close()``; every wait is on a condition with a deadline,
+never a fixed sleep.
 """
 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import RedisServer, free_port, wait_until
+from worker.dev import sandbox
 
 MASTER_NAME = "ackworker-primary"
 
@@ -39,13 +40,7 @@ def _command(port: int, *args: str) -> str:
 
 def _retrying(start: Callable[[], RedisServer]) -> RedisServer:
     """Start a server, again on another port if the free port was taken meanwhile."""
-    for attempt in range(5):
-        try:
-            return start()
-        except RuntimeError:
-            if attempt == 4:
-                raise
-    raise AssertionError("unreachable")
+    return sandbox.retrying(start, attempts=5)
 
 
 # --- TLS -----------------------------------------------------------------------------------
@@ -129,36 +124,17 @@ class TlsRedis:
 # --- Sentinel ------------------------------------------------------------------------------
 
 
-class SentinelProcess:
+class SentinelProcess(sandbox.RedisServer):
     """``redis-server sentinel.conf --sentinel`` watching ``primary_port``."""
 
     def __init__(self, workdir: Path, primary_port: int, index: int) -> None:
-        self.port = free_port()
         conf = workdir / f"sentinel-{index}.conf"
         conf.write_text(
-            f"port {self.port}\n"
-            "bind 127.0.0.1\n"
-            f"dir {workdir}\n"
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 1\n"
             f"sentinel down-after-milliseconds {MASTER_NAME} 400\n"
             f"sentinel failover-timeout {MASTER_NAME} 2000\n"
         )
-        self.proc = subprocess.Popen(
-            [_binary("redis-server"), str(conf), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(self._answers, timeout_s=10, what=f"sentinel on port {self.port}")
-
-    def _answers(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"sentinel on port {self.port} exited with {self.proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        super().__init__(workdir, "--sentinel", config=conf)
 
     def ask(self, *args: str) -> str:
         return _command(self.port, "SENTINEL", *args)
@@ -166,14 +142,6 @@ class SentinelProcess:
     def primary_port(self) -> int:
         lines = self.ask("get-master-addr-by-name", MASTER_NAME).split()
         return int(lines[1])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 class SentinelSetup:
@@ -267,11 +235,11 @@ class ClusterSetup:
 
     def restart(self) -> None:
         """Stop every node (the whole cluster is down), start them again on the same ports
-        and wait until the cluster serves every slot."""
-        ports = [node.port for node in self.nodes]
+        and directories and wait until the cluster serves every slot."""
         for node in self.nodes:
             node.stop()
-        self.nodes = [self._node(port) for port in ports]
+        for node in self.nodes:
+            node.restart()
         wait_until(self._ok, timeout_s=20, what="cluster_state:ok after the restart")
 
     def _ok(self) -> bool:

@@ -105,7 +105,8 @@ class RedisServer(Child):
     ``data_dir`` and its output in ``<log_dir>/<name>.log`` (nowhere without ``log_dir``).
 
     Waits until it answers PING; :meth:`restart` starts it again with the same port,
-    directory and options. ``password`` adds ``--requirepass`` and goes into :attr:`url`.
+    directory and options. ``password`` adds ``--requirepass`` and goes into :attr:`url`;
+    ``config`` is a configuration file read first (a Sentinel's, with ``--sentinel``).
     """
 
     def __init__(
@@ -118,13 +119,15 @@ class RedisServer(Child):
         log_dir: Path | None = None,
         options: ChildOptions = DEFAULTS,
         ready_timeout_s: float = 10.0,
+        config: Path | None = None,
     ) -> None:
         binary = redis_binary(options.error)
         self.port = free_port() if port is None else port
         self.password = password
         self.data_dir = data_dir
         self.ready_timeout_s = ready_timeout_s
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args = [binary, *([str(config)] if config else [])]
+        args += ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         if "--appendonly" not in extra:
             args += ["--appendonly", "no"]
         args += ["--dir", str(data_dir), *extra]
