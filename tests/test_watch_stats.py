@@ -29,7 +29,7 @@ from worker.totals import LatencyHistogram, Totals
 pytestmark = pytest.mark.anyio
 
 IDS = [f"{i:032x}" for i in range(1, 26)]
-# The fields README.md documents for worker.stats (redis_error only when Redis failed).
+# The fields docs/reference.md documents for worker.stats (redis_error only when Redis failed).
 STATS_FIELDS = {
     "interval_s",
     "settled",
