@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import redis
 
-from worker.dev.sandbox import ChildOptions, Children, poll
+from worker.dev.sandbox import ChildOptions, Children, MockApiProcess, RedisServer, poll
 
 # Re-exported: the rest of the package imports them from here.
 from worker.dev.sandbox import clean_env as clean_env
@@ -69,11 +69,14 @@ def stack(workdir: Path, seed_file: Path, mock_flags: Sequence[str] = ()) -> Ite
     """
     workdir.mkdir(parents=True, exist_ok=True)
     with Children(workdir, OPTIONS) as procs:
-        redis_url = procs.redis().url
+        redis_url = procs.adopt(RedisServer(workdir, log_dir=workdir, options=OPTIONS)).url
         flags = ["--seed-file", str(seed_file), "--access-key-id", ACCESS_KEY_ID]
         flags += ["--access-key-secret", ACCESS_KEY_SECRET, *mock_flags]
         # Seeding a million numbers takes the stand-in several seconds.
-        api = procs.mock_api(flags, timeout_s=180)
+        log = procs.log("mock-api")
+        api = procs.adopt(
+            MockApiProcess("mock-api", flags, log=log, options=OPTIONS, timeout_s=180)
+        )
         client = redis.Redis.from_url(redis_url)
         try:
             yield Stack(procs, redis_url, client, api.url)

@@ -16,8 +16,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import redis
@@ -29,8 +28,6 @@ from worker.dev.sandbox import MOCK_API, Child, ChildOptions, Children, MockApiP
 from worker.dev.sandbox import clean_env as clean_env
 from worker.dev.sandbox import free_port as free_port
 from worker.store.keys import Keys
-
-P = TypeVar("P", bound=Child)
 
 PYTHON = sys.executable
 REPO = Path(__file__).resolve().parent.parent
@@ -166,39 +163,31 @@ def worker_env(
     return clean_env(**values)
 
 
-class Stage:
+class Stage(Children):
     """The processes of one scenario run, in ``workdir``; all stopped when it closes."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self._children = Children(workdir, OPTIONS)
-
-    def __enter__(self) -> Stage:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().__init__(workdir, OPTIONS)
+        self.workdir: Path = workdir
 
     def close(self) -> None:
-        self._children.stop_all()
-
-    def adopt(self, proc: P) -> P:
-        """Stop ``proc`` with the others."""
-        return self._children.adopt(proc)
+        self.stop_all()
 
     def redis(self, *extra: str, name: str = "redis", password: str | None = None) -> RedisServer:
         """A redis-server with its data in ``<workdir>/<name>``; restartable in place."""
         data_dir = self.workdir / name
         data_dir.mkdir(parents=True, exist_ok=True)
-        return self._children.redis(
-            *extra, data_dir=data_dir, name=name, password=password, ready_timeout_s=20
+        server = RedisServer(
+            data_dir,
+            *extra,
+            password=password,
+            name=name,
+            log_dir=self.workdir,
+            options=OPTIONS,
+            ready_timeout_s=20,
         )
+        return self.adopt(server)
 
     def mock_api(
         self,
@@ -209,7 +198,7 @@ class Stage:
         env: Mapping[str, str] | None = None,
     ) -> MockApiProc:
         api = MockApiProc(self.workdir, name, list(flags), module=module, ca_file=ca_file, env=env)
-        return self._children.adopt(api)
+        return self.adopt(api)
 
     def worker(self, name: str, env: Mapping[str, str], *, wait: bool = True) -> WorkerProc:
         proc = self.adopt(WorkerProc(self.workdir, name, env))

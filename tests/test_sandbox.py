@@ -95,7 +95,10 @@ def test_free_port_passes_over_the_shared_redis_port(monkeypatch: pytest.MonkeyP
 @pytest.mark.usefixtures("no_leftovers")
 def test_a_restarted_redis_server_keeps_its_port_and_data(tmp_path: Path) -> None:
     with Children(tmp_path) as procs:
-        server = procs.redis("--appendonly", "yes", "--appendfsync", "always", password="pw")
+        durable = ("--appendonly", "yes", "--appendfsync", "always")
+        server = procs.adopt(
+            sandbox.RedisServer(tmp_path, *durable, password="pw", log_dir=tmp_path)
+        )
         with server.client() as client:
             client.set("kept", "yes")
         server.kill()

@@ -1,10 +1,10 @@
 """Child processes of the sandbox (use them through :mod:`worker.dev.sandbox`).
 
 A :class:`Child` runs with its output in files, is waited for on a condition with a deadline
-(:func:`poll`, never a blind sleep) and is stopped with SIGTERM, then SIGKILL after a grace.
-:class:`ChildOptions` holds what differs between callers: the working directory, whether a
-child gets its own session, whether stderr goes to a file of its own, the grace, and the
-exception a caller raises.
+(:func:`poll`, never a blind sleep) and is stopped with SIGTERM, then SIGKILL after a grace;
+:class:`Children` are those of one run, all stopped however it ends. :class:`ChildOptions`
+holds what differs between callers: the working directory, whether a child gets its own
+session, whether stderr goes to a file of its own, the grace, and the exception raised.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from types import TracebackType
+from typing import IO, Any, Self, TypeVar
 
 T = TypeVar("T")
+C = TypeVar("C", bound="Child")
 
 POLL_S = 0.05
 """How often a condition is checked again while waiting for it."""
@@ -223,3 +225,46 @@ class Child:
     def stop(self) -> int:
         """SIGTERM, then SIGKILL after the grace; the exit code."""
         return stop(self.proc, grace_s=self.options.grace_s)
+
+
+class Children:
+    """The children of one run, started with ``options``, their output in ``workdir``
+    (``<name>.log``) unless told otherwise; :meth:`stop_all`, or the end of a ``with``
+    block, stops every one still running, newest first."""
+
+    def __init__(self, workdir: Path | None, options: ChildOptions = DEFAULTS) -> None:
+        self.workdir = workdir
+        self.options = options
+        self._started: list[Child] = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_all()
+
+    def adopt(self, child: C) -> C:
+        """Stop ``child`` (a redis-server, the stand-in...) with the others."""
+        self._started.append(child)
+        return child
+
+    def log(self, name: str) -> Path | None:
+        """Where child ``name`` writes its output by default."""
+        return self.options.files(self.workdir, name)[0]
+
+    def start(
+        self, name: str, args: Sequence[str], env: Mapping[str, str], *, log: Path | None = None
+    ) -> Child:
+        """Start ``args``; its output in ``log``, by default ``<workdir>/<name>.log``."""
+        out, err = (log, None) if log is not None else self.options.files(self.workdir, name)
+        return self.adopt(Child(name, args, env=env, log=out, err=err, options=self.options))
+
+    def stop_all(self) -> None:
+        """Stop every child still running, newest first (SIGTERM, then SIGKILL)."""
+        while self._started:
+            self._started.pop().stop()

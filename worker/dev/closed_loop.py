@@ -169,7 +169,7 @@ def render(s: LoopSummary) -> str:
 def run_closed_loop(args: argparse.Namespace, workdir: Path, procs: Children) -> LoopSummary:
     """Everything between starting the servers and reading the outcome."""
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    redis_url = start_redis(procs)
+    redis_url = start_redis(procs, workdir)
     log = args.log_dir / "loop-mock-api.log"
     api, seeded = start_mock_api(procs, workdir, log, args.count)
     print(f"closed loop   {api.url} holds {len(seeded)} results; running poll and run", flush=True)

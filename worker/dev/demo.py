@@ -82,7 +82,7 @@ def run_demo(args: argparse.Namespace, workdir: Path, procs: Children) -> Summar
     """Everything between starting the servers and reading the outcome."""
     started = time.monotonic()
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    redis_url = start_redis(procs)
+    redis_url = start_redis(procs, workdir)
     print(f"redis-server  {redis_url} (throwaway)", flush=True)
     api, seeded = start_mock_api(procs, workdir, args.log_dir / "mock-api.log", args.count)
     print(f"stand-in      {api.url}, {len(seeded)} numbers seeded, mild faults", flush=True)

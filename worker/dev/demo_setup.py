@@ -18,7 +18,16 @@ from typing import TypeVar
 
 import redis
 
-from worker.dev.sandbox import Child, ChildOptions, Children, MockApiProcess, clean_env, poll
+from worker.dev.sandbox import (
+    Child,
+    ChildOptions,
+    Children,
+    MockApiProcess,
+    RedisServer,
+    clean_env,
+    poll,
+    retrying,
+)
 
 T = TypeVar("T")
 
@@ -49,10 +58,14 @@ OPTIONS = ChildOptions(new_session=True, grace_s=STOP_TIMEOUT_S, error=DemoError
 # --- redis-server, the stand-in and ackworker --------------------------------------------
 
 
-def start_redis(procs: Children) -> str:
-    """Start a throwaway redis-server in the scratch directory; returns its URL. Tries
-    another port if the one found free was taken before redis-server bound it."""
-    return procs.redis(attempts=3).url
+def start_redis(procs: Children, workdir: Path) -> str:
+    """Start a throwaway redis-server in ``workdir``; returns its URL. Tries another port
+    if the one found free was taken before redis-server bound it."""
+
+    def start() -> RedisServer:
+        return RedisServer(workdir, log_dir=workdir, options=OPTIONS)
+
+    return procs.adopt(retrying(start, attempts=3, error=DemoError)).url
 
 
 def start_mock_api(
@@ -63,7 +76,8 @@ def start_mock_api(
     flags = ["--host", "127.0.0.1", "--seed", str(count), "--seed-out", str(seed_out)]
     flags += [*MOCK_FAULTS, "--access-key-id", ACCESS_KEY_ID]
     flags += ["--access-key-secret", ACCESS_KEY_SECRET]
-    api = procs.mock_api(flags, name="the stand-in (ackworker mock-api)", log=log)
+    name = "the stand-in (ackworker mock-api)"
+    api = procs.adopt(MockApiProcess(name, flags, log=log, options=OPTIONS))
     seeded = poll(
         lambda: _seeded(seed_out, count), timeout_s=10, what=f"{seed_out}", error=DemoError
     )

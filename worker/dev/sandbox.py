@@ -24,22 +24,21 @@ import sys
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import redis
 
-from worker.dev.children import DEFAULTS as DEFAULTS
-from worker.dev.children import POLL_S as POLL_S
+from worker.dev.children import DEFAULTS, POLL_S
+
+# Re-exported: callers import the whole harness from here.
 from worker.dev.children import Child as Child
 from worker.dev.children import ChildOptions as ChildOptions
+from worker.dev.children import Children as Children
 from worker.dev.children import SandboxError as SandboxError
 from worker.dev.children import poll as poll
-from worker.dev.children import stop as stop
 from worker.dev.children import wait_until as wait_until
 
 T = TypeVar("T")
-C = TypeVar("C", bound=Child)
 
 SHARED_REDIS_PORT = 6379
 MOCK_API = (sys.executable, "-m", "worker", "mock-api")
@@ -186,10 +185,10 @@ class MockApiProcess(Child):
         interval_s: float = POLL_S,
         ca_file: Path | None = None,
     ) -> None:
+        self._ssl = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
         args = [*command, "--port", "0", *flags]
         env = clean_env() if env is None else env
         super().__init__(name, args, env=env, log=log, err=err, options=options)
-        self._ssl = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
         try:
             self.url: str = self.wait_ready(
                 self._listening,
@@ -217,104 +216,3 @@ class MockApiProcess(Child):
         """``GET /_admin/stats``."""
         result: dict[str, Any] = self.admin("GET", "/_admin/stats")
         return result
-
-
-# --- the children of one run -------------------------------------------------------------
-
-
-class Children:
-    """The children of one run, started with ``options``, their output in ``workdir``
-    (``<name>.log``) unless told otherwise; :meth:`stop_all`, or the end of a ``with``
-    block, stops every one still running, newest first."""
-
-    def __init__(self, workdir: Path | None, options: ChildOptions = DEFAULTS) -> None:
-        self.workdir = workdir
-        self.options = options
-        self._started: list[Child] = []
-
-    def __enter__(self) -> Children:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop_all()
-
-    def adopt(self, child: C) -> C:
-        """Stop ``child`` with the others."""
-        self._started.append(child)
-        return child
-
-    def log(self, name: str) -> Path | None:
-        """Where child ``name`` writes its output by default."""
-        return self.options.files(self.workdir, name)[0]
-
-    def _files(self, name: str, log: Path | None) -> tuple[Path | None, Path | None]:
-        return (log, None) if log is not None else self.options.files(self.workdir, name)
-
-    def start(
-        self, name: str, args: Sequence[str], env: Mapping[str, str], *, log: Path | None = None
-    ) -> Child:
-        """Start ``args``; its output in ``log``, by default ``<workdir>/<name>.log``."""
-        out, err = self._files(name, log)
-        return self.adopt(Child(name, args, env=env, log=out, err=err, options=self.options))
-
-    def redis(
-        self,
-        *extra: str,
-        data_dir: Path | None = None,
-        name: str | None = None,
-        password: str | None = None,
-        ready_timeout_s: float = 10.0,
-        attempts: int = 1,
-    ) -> RedisServer:
-        """A :class:`RedisServer` logging into the workdir, its data in ``data_dir`` (by
-        default the workdir); tried ``attempts`` times in all, each on a fresh port."""
-        where = data_dir or self.workdir
-        if where is None:
-            raise self.options.error("a redis-server needs a data directory")
-
-        def start() -> RedisServer:
-            return RedisServer(
-                where,
-                *extra,
-                password=password,
-                name=name,
-                log_dir=self.workdir,
-                options=self.options,
-                ready_timeout_s=ready_timeout_s,
-            )
-
-        return self.adopt(retrying(start, attempts=attempts, error=self.options.error))
-
-    def mock_api(
-        self,
-        flags: Sequence[str],
-        *,
-        name: str = "mock-api",
-        log: Path | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout_s: float = 30.0,
-        interval_s: float = POLL_S,
-    ) -> MockApiProcess:
-        """The stand-in; its output in ``log``, by default ``<workdir>/<name>.log``."""
-        out, err = self._files(name, log)
-        api = MockApiProcess(
-            name,
-            flags,
-            env=env,
-            log=out,
-            err=err,
-            options=self.options,
-            timeout_s=timeout_s,
-            interval_s=interval_s,
-        )
-        return self.adopt(api)
-
-    def stop_all(self) -> None:
-        """Stop every child still running, newest first (SIGTERM, then SIGKILL)."""
-        while self._started:
-            self._started.pop().stop()
