@@ -96,7 +96,8 @@ class ChildOptions:
         a None stderr goes with stdout)."""
         if directory is None:
             return None, None
-        return directory / f"{name}.log", directory / f"{name}.err" if self.stderr_apart else None
+        err = directory / f"{name}.err" if self.stderr_apart else None
+        return directory / f"{name}.log", err
 
 
 DEFAULTS = ChildOptions()
