@@ -44,11 +44,13 @@ from worker.config.credentials import CredentialSource
 from worker.config.settings import Settings
 from worker.config.topology import keys_for, open_redis
 from worker.dev.mockapi.server import MockApi, serve_mock_api
+from worker.dev.sandbox import free_port
 from worker.entries import DEFAULT_ACCOUNT
 from worker.errors import ConfigError, PermanentApiError, ThrottledError
 from worker.pipeline.lanes import AccountClient, WorkerParts
 from worker.pipeline.runner import Worker
-from worker.store.connection import RedisClient
+from worker.store.connection import ClusterUnavailableError, RedisClient, RedisTarget
+from worker.store.connection import connect as store_connect
 from worker.store.enqueue import enqueue
 from worker.store.keys import Keys
 from worker.store.settle import Settlement, Settler
@@ -374,6 +376,23 @@ async def test_cluster_outage_mid_run_is_waited_out(
         await wait_for(lambda: drained(redis, tagged), timeout_s=40, what="backlog 0")
     await assert_invariant(redis, tagged, api, numbers)
     assert set(api.state.confirmed_ids()) == set(numbers)
+
+
+async def test_a_cluster_client_whose_seeds_were_all_dropped_still_waits_and_reconnects(
+    opened: list[RedisClient],
+) -> None:
+    # redis-py drops a seed node each time a command to it fails; after an outage long
+    # enough to drop every one, learning the slot map must still be "unavailable, wait"
+    # (and possible again), not a bare RedisClusterException that ends the worker.
+    redis = store_connect(
+        RedisTarget(f"redis://127.0.0.1:{free_port()}/0", cluster=True), max_connections=2
+    )
+    opened.append(redis)
+    assert isinstance(redis, RedisCluster)
+    redis.nodes_manager.startup_nodes.clear()
+    with pytest.raises(ClusterUnavailableError, match="cannot be connected"):
+        await redis.ping()
+    assert redis.nodes_manager.startup_nodes  # the seeds are back for the next attempt
 
 
 # --- The command line, configured through the environment -------------------------------------

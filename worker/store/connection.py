@@ -168,7 +168,16 @@ class _Cluster(RedisCluster):
     rides out an outage as it does on one server.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._seeds = dict(self.nodes_manager.startup_nodes)
+
     async def initialize(self) -> RedisCluster:
+        startup = self.nodes_manager.startup_nodes
+        if not startup:
+            # redis-py drops a node from its seeds whenever a command to it fails; once an
+            # outage has dropped them all, the client could never learn the slot map again.
+            startup.update(self._seeds)
         try:
             return await super().initialize()
         except RedisClusterException as exc:
