@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -29,6 +28,7 @@ from tests.harness import (
 from worker.api.client import DomainClient
 from worker.config.credentials import Credentials
 from worker.dev.mockapi.server import MockApi, serve_mock_api
+from worker.dev.sandbox import Child
 from worker.store.connection import RedisClient
 from worker.store.enqueue import enqueue
 from worker.store.keys import Keys
@@ -107,29 +107,13 @@ async def test_bad_credentials_keep_items_until_fixed(
 # --- real processes ---------------------------------------------------------------------
 
 
-class WorkerProcess:
+def start_worker(env: dict[str, str], log_path: Path) -> Child:
     """``python -m worker run`` with its JSON log lines going to a file."""
+    return Child("ackworker run", [PYTHON, "-m", "worker", "run"], env=env, log=log_path)
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "worker", "run"], env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
 
-    def events(self) -> Iterator[dict[str, object]]:
-        for line in self.log_path.read_text().splitlines():
-            if line.startswith("{"):
-                yield json.loads(line)
-
-    def has_event(self, name: str) -> bool:
-        return any(e.get("event") == name for e in self.events())
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self._log.close()
+def has_event(child: Child, name: str) -> bool:
+    return any(e.get("event") == name for e in child.events())
 
 
 def process_env(
@@ -166,12 +150,12 @@ async def test_kill_9_mid_batch_twice_then_survivor_finishes(
     numbers = api.state.seed_random(300)
     await enqueue(redis, Keys(prefix), numbers)
     api.faults.update({"latency_ms": 150})
-    survivor = WorkerProcess(process_env(redis_server, prefix, api, "survivor"), tmp_path / "s.log")
-    victims: list[WorkerProcess] = []
+    survivor = start_worker(process_env(redis_server, prefix, api, "survivor"), tmp_path / "s.log")
+    victims: list[Child] = []
     try:
         for round_no in range(2):
             name = f"victim{round_no}"
-            victim = WorkerProcess(
+            victim = start_worker(
                 process_env(redis_server, prefix, api, name), tmp_path / f"{name}.log"
             )
             victims.append(victim)
@@ -187,7 +171,7 @@ async def test_kill_9_mid_batch_twice_then_survivor_finishes(
         assert survivor.proc.wait(timeout=20) == 0
     finally:
         for p in [survivor, *victims]:
-            p.close()
+            p.kill()
     await assert_invariant(redis, prefix, api, numbers)
     assert set(api.state.confirmed_ids()) == set(numbers)
     # A number re-sent after a crash was at most one that was in flight at the kill.
@@ -201,7 +185,7 @@ async def test_sigterm_drains_and_exits_zero(
     numbers = api.state.seed_random(400)
     await enqueue(redis, Keys(prefix), numbers)
     api.faults.update({"latency_ms": 100})
-    worker = WorkerProcess(process_env(redis_server, prefix, api, "w1"), tmp_path / "w.log")
+    worker = start_worker(process_env(redis_server, prefix, api, "w1"), tmp_path / "w.log")
     try:
 
         async def working() -> bool:
@@ -211,13 +195,13 @@ async def test_sigterm_drains_and_exits_zero(
         worker.proc.send_signal(signal.SIGTERM)
         code = await anyio.to_thread.run_sync(lambda: worker.proc.wait(timeout=30))
     finally:
-        worker.close()
+        worker.kill()
     assert code == 0
     assert await pending_of(redis, prefix, "w1") == 0  # in flight finished, unsent handed back
     stopped = [e for e in worker.events() if e.get("event") == "worker.stopped"]
     assert len(stopped) == 1
     assert stopped[0]["confirmed"] == api.state.confirmed_count
-    assert worker.has_event("worker.draining")
+    assert has_event(worker, "worker.draining")
     await assert_invariant(redis, prefix, api, numbers)
     left = {f["id"] for f in await stream_fields(redis, Keys(prefix).tasks)}
     assert left == set(numbers) - set(api.state.confirmed_ids())
@@ -232,7 +216,7 @@ async def test_second_signal_stops_at_once_and_loses_nothing(
     env = process_env(redis_server, prefix, api, "w1")
     env["ACKWORKER_SHUTDOWN_GRACE_S"] = "120"
     env["ACKWORKER_HTTP_TIMEOUT_S"] = "120"
-    worker = WorkerProcess(env, tmp_path / "w.log")
+    worker = start_worker(env, tmp_path / "w.log")
     try:
 
         async def requests_hanging() -> bool:
@@ -241,15 +225,15 @@ async def test_second_signal_stops_at_once_and_loses_nothing(
         await wait_for(requests_hanging, timeout_s=30, what="two requests hanging")
         worker.proc.send_signal(signal.SIGTERM)
         await wait_for(
-            lambda: anyio.to_thread.run_sync(lambda: worker.has_event("worker.draining")),
+            lambda: anyio.to_thread.run_sync(lambda: has_event(worker, "worker.draining")),
             what="drain started",
         )
         worker.proc.send_signal(signal.SIGTERM)
         code = await anyio.to_thread.run_sync(lambda: worker.proc.wait(timeout=15))
     finally:
-        worker.close()
+        worker.kill()
     assert code == 0
-    assert worker.has_event("worker.stopping_now")
+    assert has_event(worker, "worker.stopping_now")
     assert api.state.confirmed_count == 0
     await assert_invariant(redis, prefix, api, numbers)
     assert await redis.xlen(Keys(prefix).tasks) == len(numbers)

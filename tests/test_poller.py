@@ -29,6 +29,7 @@ from worker.config.credentials import CredentialSource
 from worker.config.settings import Settings
 from worker.dev.mockapi.auth import AcceptedKey as MockKey
 from worker.dev.mockapi.server import MockApi, serve_mock_api
+from worker.dev.sandbox import Child
 from worker.pipeline.clients import client_for
 from worker.pipeline.poller import CycleReport, Poller, PollerParts, memory_ttl_s
 from worker.retry import RetryPolicy
@@ -446,38 +447,25 @@ async def test_an_unknown_account_exits_2_with_one_line(
     assert "default" in err
 
 
-class PollProcess:
+def start_poller(env: dict[str, str], log_path: Path) -> Child:
     """``python -m worker poll`` with its log going to a file."""
+    return Child("ackworker poll", [PYTHON, "-m", "worker", "poll"], env=env, log=log_path)
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "worker", "poll"], env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
 
-    def events(self) -> list[dict[str, Any]]:
-        return events(self.log_path.read_text())
+def named(child: Child, name: str) -> list[dict[str, Any]]:
+    return [e for e in child.events() if e["event"] == name]
 
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.events() if e["event"] == name]
 
-    async def wait(self, timeout_s: float) -> int:
-        return await anyio.to_thread.run_sync(lambda: self.proc.wait(timeout=timeout_s))
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self._log.close()
+async def wait_exit(child: Child, timeout_s: float) -> int:
+    return await anyio.to_thread.run_sync(lambda: child.wait_exit(timeout_s))
 
 
 @pytest.fixture
-def processes() -> Iterator[list[PollProcess]]:
-    started: list[PollProcess] = []
+def processes() -> Iterator[list[Child]]:
+    started: list[Child] = []
     yield started
     for process in started:
-        process.close()
+        process.kill()
 
 
 async def test_sigterm_finishes_the_page_in_hand_then_exits_0(
@@ -486,11 +474,11 @@ async def test_sigterm_finishes_the_page_in_hand_then_exits_0(
     prefix: str,
     api: MockApi,
     tmp_path: Path,
-    processes: list[PollProcess],
+    processes: list[Child],
 ) -> None:
     seed(api, 60)
     api.faults.update({"latency_ms": 400})
-    poller = PollProcess(poll_env(redis_server, prefix, api), tmp_path / "poll.log")
+    poller = start_poller(poll_env(redis_server, prefix, api), tmp_path / "poll.log")
     processes.append(poller)
 
     async def request_in_flight() -> bool:
@@ -498,16 +486,16 @@ async def test_sigterm_finishes_the_page_in_hand_then_exits_0(
 
     await wait_for(request_in_flight, timeout_s=30, what="a PollTaskResult in flight")
     poller.proc.send_signal(signal.SIGTERM)
-    assert await poller.wait(30) == 0
+    assert await wait_exit(poller, 30) == 0
     requests = poll_requests(api)
     assert 1 <= requests < 6  # it stopped before reading all six pages
     # Every page it was sent was enqueued, whole: the one in flight at the signal too.
     assert await redis.xlen(Keys(prefix).tasks) == 10 * requests
-    (cycle,) = poller.named("poll.cycle")
+    (cycle,) = named(poller, "poll.cycle")
     assert cycle["pages"] == requests
     assert cycle["enqueued"] == 10 * requests
-    assert poller.named("poll.draining")
-    assert len(poller.named("poll.stopped")) == 1
+    assert named(poller, "poll.draining")
+    assert len(named(poller, "poll.stopped")) == 1
 
 
 async def test_a_second_signal_stops_at_once(
@@ -516,11 +504,11 @@ async def test_a_second_signal_stops_at_once(
     prefix: str,
     api: MockApi,
     tmp_path: Path,
-    processes: list[PollProcess],
+    processes: list[Child],
 ) -> None:
     seed(api, 5)
     api.faults.update({"hang_rate": 1.0, "hang_s": 600})
-    poller = PollProcess(poll_env(redis_server, prefix, api), tmp_path / "poll.log")
+    poller = start_poller(poll_env(redis_server, prefix, api), tmp_path / "poll.log")
     processes.append(poller)
 
     async def request_in_flight() -> bool:
@@ -530,15 +518,15 @@ async def test_a_second_signal_stops_at_once(
     poller.proc.send_signal(signal.SIGTERM)
 
     async def draining() -> bool:
-        return bool(poller.named("poll.draining"))
+        return bool(named(poller, "poll.draining"))
 
     await wait_for(draining, what="poll.draining")
     assert poller.proc.poll() is None  # still waiting for the page in hand
     poller.proc.send_signal(signal.SIGTERM)
-    assert await poller.wait(10) == 0
-    assert poller.named("poll.stopping_now")
-    assert poller.named("poll.stopped")
-    (cycle,) = poller.named("poll.cycle")  # the cancelled cycle still reports itself
+    assert await wait_exit(poller, 10) == 0
+    assert named(poller, "poll.stopping_now")
+    assert named(poller, "poll.stopped")
+    (cycle,) = named(poller, "poll.cycle")  # the cancelled cycle still reports itself
     assert (cycle["pages"], cycle["enqueued"]) == (0, 0)
     assert await redis.xlen(Keys(prefix).tasks) == 0
 
