@@ -9,6 +9,8 @@ the subpackages in :data:`LAYERS` order. ``dev`` (the demo and the stand-in) sit
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,8 +59,10 @@ def _imports(path: Path) -> set[str]:
     for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == "worker")
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            if node.module.split(".")[0] != "worker":
+        elif isinstance(node, ast.ImportFrom):
+            # Relative imports would hide a module's layer from a reader; none are used.
+            assert not node.level, f"{path}:{node.lineno}: relative import"
+            if not node.module or node.module.split(".")[0] != "worker":
                 continue
             for alias in node.names:
                 sub = f"{node.module}.{alias.name}"
@@ -73,7 +77,20 @@ GRAPH = {name: _imports(path) - {name} for name, path in MODULES.items()}
 def test_the_walk_sees_the_whole_package() -> None:
     assert len(MODULES) > 60
     assert "worker.pipeline.runner" in GRAPH["worker.commands.run"]
-    assert all(_layer(m) >= 0 for m in MODULES)
+    assert "worker.dev.mockapi.main" in GRAPH["worker.commands.cli"]  # imports inside functions
+
+
+def test_the_walk_finds_an_upward_import(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from worker.pipeline.runner import Worker\n"
+        "if TYPE_CHECKING:\n"
+        "    from worker.commands import cli\n"
+        "def later() -> None:\n"
+        "    import worker.config.settings\n"
+    )
+    assert _imports(source) == {"worker.pipeline.runner", "worker.config.settings"}
 
 
 @pytest.mark.parametrize("module", sorted(GRAPH))
@@ -108,7 +125,22 @@ def test_the_rule_itself_catches_an_upward_import() -> None:
     assert _layer("worker.commands.cli") == len(LAYERS) - 1
 
 
-def test_the_worker_run_path_loads_no_development_code() -> None:
+def test_ackworker_run_loads_no_development_code() -> None:
+    # The real entry point: the command line is parsed as for `ackworker run`.
+    probe = (
+        "import sys\n"
+        "from worker.commands import cli, run\n"
+        "args, rest = cli.build_parser().parse_known_args(['run'])\n"
+        "assert args.handler is cli._cmd_run and not rest\n"
+        "print(sorted(m for m in sys.modules if m.startswith('worker.dev')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_worker_run_path_imports_no_development_code() -> None:
     reached: set[str] = set()
     todo = ["worker.commands.run"]
     while todo:

@@ -199,12 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_ops_commands(sub, config_opt)
 
-    p = sub.add_parser("mock-api", help="run a local stand-in for the Domain API")
-    from worker.dev.mockapi.main import add_mock_api_arguments
-
-    add_mock_api_arguments(p)
+    # Development only: its flags belong to worker.dev and are parsed by _mock_api_args, so
+    # that no other command loads the stand-in's code.
+    p = sub.add_parser("mock-api", add_help=False, help="run a local stand-in for the Domain API")
     p.set_defaults(handler=_cmd_mock_api)
     return parser
+
+
+def _mock_api_args(argv: Sequence[str]) -> argparse.Namespace:
+    from worker.dev.mockapi.main import add_mock_api_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="ackworker mock-api", description="Run a local stand-in for the Domain API."
+    )
+    add_mock_api_arguments(parser)
+    return parser.parse_args(argv, argparse.Namespace(handler=_cmd_mock_api))
 
 
 def _config_error(exc: BaseException) -> ConfigError | None:
@@ -218,7 +227,12 @@ def _config_error(exc: BaseException) -> ConfigError | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ackworker`` script; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "mock-api":
+        args = _mock_api_args(rest)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     handler: Handler = args.handler
     try:
         return handler(args)

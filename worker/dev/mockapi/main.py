@@ -7,8 +7,8 @@ listening line), and the listening line goes to stderr instead.
 
 Numeric flags are read as text and checked here, so a bad value is one ``ConfigError``
 line naming the flag (exit 2), not an argparse usage dump. The secret is never printed.
-This module imports the HTTP stack only when the command runs: ``worker.commands.cli`` imports it
-to build the parser of every command.
+``worker.commands.cli`` imports this module only for ``ackworker mock-api`` itself, and it
+imports the HTTP stack only when the command runs.
 """
 
 from __future__ import annotations
