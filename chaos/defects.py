@@ -23,7 +23,7 @@ FIXED_DEFECTS = (
     "None open. Found by earlier runs and fixed in the product: entries a live worker still"
     " held were claimed and sent again by another replica (worker/store/leases.py now refreshes"
     " held entries and their leases every claim_idle_ms/3); the worker crashed when Redis"
-    " came back without its consumer group (worker/intake.py recreates it); after a long"
+    " came back without its consumer group (worker/store/source.py recreates it); after a long"
     " Redis outage, leases of abandoned batches were kept alive and blocked the entries"
     " claimed back (the lease renewer extends only leases of batches still held); a TLS"
     " certificate failure dead-lettered items as retries_exhausted (now fatal: held)."

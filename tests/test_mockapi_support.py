@@ -1,6 +1,6 @@
-"""Helpers for the mock-api tests: requests signed with worker.signing, sent over real HTTP.
+"""Helpers for the mock-api tests: requests signed with worker.api.signing, sent over real HTTP.
 
-No tests here. The signing is deliberately independent of ``worker/client.py``: the
+No tests here. The signing is deliberately independent of ``worker/api/client.py``: the
 stand-in is the yardstick the client is measured against, so it is tested with the bare
 signing primitives (and, in ``test_mockapi_sdk.py``, with the official SDKs).
 """

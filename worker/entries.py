@@ -44,8 +44,8 @@ class Entry:
     # Set once a request carrying this entry's number may have reached the API; such an
     # entry is never handed back on shutdown, because its outcome is unknown.
     sent: bool = False
-    # The batch whose in-flight lease covers this entry's number, once reserved: the lease$
-    # extends only leases some held entry is covered by.
+    # The batch whose in-flight lease covers this entry's number, once reserved: the lease
+    # renewer extends only leases some held entry is covered by.
     lease: str | None = None
 
 
@@ -82,11 +82,6 @@ def _describe_bad_id(value: bytes | None) -> str:
     if len(value) > MAX_ID_LEN:
         return f"field 'id' is {len(value)} bytes long, at most {MAX_ID_LEN} allowed"
     return "field 'id' holds characters other than letters, digits, '-' and '_'"
-
-
-def parse_entry(entry_id: bytes, fields: RawFields, delivered: int = 1) -> Entry | InvalidEntry:
-    """Validate one raw stream entry given as a field dict."""
-    return parse_row(entry_id, [x for kv in fields.items() for x in kv], delivered)
 
 
 def parse_row(entry_id: bytes, flat: list[bytes], delivered: int = 1) -> Entry | InvalidEntry:

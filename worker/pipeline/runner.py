@@ -285,7 +285,7 @@ class Worker:
 
 
 class _Held:
-    """``len()`` is every lane's held entries, for :class:`~worker.totals.WorkerView`."""
+    """``len()`` is every lane's held entries, for :class:`~worker.observe.view.WorkerView`."""
 
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
