@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import structlog
 
+from worker.api.client import CredentialsLike, DomainClient
+from worker.config.accounts import Account
 from worker.config.credentials import (
     NO_CREDENTIALS,
     Credentials,
@@ -13,6 +16,8 @@ from worker.config.credentials import (
     credential_source_from_env,
 )
 from worker.errors import ConfigError
+from worker.logs import scrubber
+from worker.pipeline.clients import credential_reloader
 
 KEY_ID = "LTAI5tKEYIDforTESTS"
 SECRET = "Zq9-UNMISTAKABLE-SECRET-7f3"
@@ -205,3 +210,40 @@ def test_sources_without_values_refuse_to_load() -> None:
         CredentialSource("environment").load()
     with pytest.raises(ConfigError):
         CredentialSource("file").load()
+
+
+# --- re-reading after a refusal (worker.pipeline.clients.credential_reloader) --------------
+
+
+class _Client(DomainClient):
+    """A client that only records the credentials it is given (it never sends)."""
+
+    def __init__(self) -> None:
+        super().__init__(endpoint="http://127.0.0.1:1", credentials=Credentials("a", "b"))
+        self.given: list[Credentials] = []
+
+    def set_credentials(self, credentials: CredentialsLike) -> None:
+        assert isinstance(credentials, Credentials)
+        self.given.append(credentials)
+
+
+def test_the_reloader_reads_a_fixed_file_and_never_raises(tmp_path: Path) -> None:
+    path = write_ini(tmp_path / "creds.ini", access_key_profile(secret="old-secret-1"))
+    account = Account(
+        "eu", "http://127.0.0.1:1", 5.0, "v3", CredentialSource("file", path=str(path))
+    )
+    client = _Client()
+    reload = credential_reloader(account, client)
+
+    path.write_text("[default]\nnot an ini line\n")  # the operator is still editing
+    with structlog.testing.capture_logs() as logs:
+        reload()
+    assert client.given == []  # the credentials in use are kept
+    (failed,) = [e for e in logs if e["event"] == "credentials.reload_failed"]
+    assert failed["account"] == "eu"
+    assert "not a valid INI file" in failed["error"]
+
+    write_ini(path, access_key_profile(secret="new-secret-2"))
+    reload()
+    assert [c.access_key_secret for c in client.given] == ["new-secret-2"]
+    assert "new-secret-2" not in scrubber.scrub_text("secret=new-secret-2")  # never logged

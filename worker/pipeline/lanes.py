@@ -45,7 +45,8 @@ worker's pipeline task group."""
 
 @dataclass(frozen=True, slots=True)
 class AccountClient:
-    """One account's API client, and how to re-read its credentials after a refusal."""
+    """One account's API client, and how to re-read its credentials after a refusal (a
+    function that must not raise, as :func:`~worker.pipeline.clients.credential_reloader`)."""
 
     client: Acknowledger
     reload_credentials: Callable[[], None] | None = None

@@ -84,7 +84,10 @@ class CycleReport:
 
 @dataclass(slots=True)
 class PollerParts:
-    """What a poller talks to; tests build these to run one in-process."""
+    """What a poller talks to; tests build these to run one in-process.
+
+    ``reload_credentials`` is called after a failed cycle and must not raise (see
+    :func:`~worker.pipeline.clients.credential_reloader`)."""
 
     redis: RedisClient
     client: PollClient

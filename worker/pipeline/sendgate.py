@@ -25,7 +25,11 @@ log = get_logger("gate")
 
 
 class SendGate:
-    """Holds senders back while sending cannot work. Senders identify themselves by a token."""
+    """Holds senders back while sending cannot work. Senders identify themselves by a token.
+
+    ``reload_credentials`` is called before each probe and must not raise (see
+    :func:`~worker.pipeline.clients.credential_reloader`, which logs a failed read instead).
+    """
 
     def __init__(
         self, policy: RetryPolicy, clock: Clock, reload_credentials: Callable[[], None]
