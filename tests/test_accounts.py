@@ -181,7 +181,7 @@ def two_account_settings(
         redis_server.url,
         prefix,
         endpoint=home.url,
-        accounts={"eu": Account("eu", eu.url, 1000.0, "v3", source)},
+        named_accounts={"eu": Account("eu", eu.url, 1000.0, "v3", source)},
         max_attempts=1000,
     )
 

@@ -250,7 +250,7 @@ async def test_an_invalid_number_is_skipped_and_counted(
 def with_account(settings: Settings, name: str, rate_limit: float) -> Settings:
     source = CredentialSource("environment", captured=TEST_CREDENTIALS)
     account = Account(name, settings.endpoint, rate_limit, "v3", source)
-    return dataclasses.replace(settings, accounts={name: account})
+    return dataclasses.replace(settings, named_accounts={name: account})
 
 
 @pytest.mark.parametrize("account", ["default", "eu"])

@@ -319,7 +319,7 @@ async def test_cluster_routes_two_accounts_within_the_hash_tag(
     """The router's move touches the input and every account stream in one script: all in the
     prefix's slot. Both accounts are served by the one stand-in here."""
     eu = Account("eu", api.url, 1000.0, "v3", CredentialSource("environment", TEST_CREDENTIALS))
-    settings = cluster_settings(cluster, tagged, endpoint=api.url, accounts={"eu": eu})
+    settings = cluster_settings(cluster, tagged, endpoint=api.url, named_accounts={"eu": eu})
     redis = connect(opened, settings)
     keys = keys_for(settings)
     assert keys.account_stream("eu") == f"{tagged}:tasks:eu"

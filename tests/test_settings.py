@@ -398,7 +398,7 @@ def test_shipped_config_mentions_every_setting() -> None:
 def test_tables_cover_every_field_in_order() -> None:
     field_names = [f.name for f in fields(Settings)]
     assert field_names[: len(NAMES)] == NAMES
-    assert field_names[len(NAMES) :] == ["credentials", "accounts", "sources"]
+    assert field_names[len(NAMES) :] == ["credentials", "named_accounts", "sources"]
     assert dict(ENV_NAMES) == {name: ENV_PREFIX + name.upper() for name in NAMES}
 
 

@@ -27,7 +27,7 @@ def describe_settings(settings: Settings) -> str:
         ("security_token", "unset" if creds.security_token is None else "***", ""),
         ("credentials", settings.credentials.describe(), ""),
     ]
-    for name, account in settings.accounts.items():
+    for name, account in settings.named_accounts.items():
         key_id = account.credentials.load().masked_key_id()
         rows.append(
             (

@@ -89,8 +89,8 @@ class Settings:
     verify_shortfall: bool = True
     verify_max_pages: int = 5
     credentials: CredentialSource
-    # Named accounts besides the default one (the top-level settings); see worker.config.accounts.
-    accounts: Mapping[str, Account] = field(default_factory=dict, compare=False, hash=False)
+    # The [accounts.<name>] tables: accounts besides the default one (the top-level settings).
+    named_accounts: Mapping[str, Account] = field(default_factory=dict, compare=False, hash=False)
     sources: Mapping[str, str] = field(
         default_factory=_no_sources, compare=False, hash=False, repr=False
     )
@@ -98,7 +98,7 @@ class Settings:
     @property
     def account_names(self) -> tuple[str, ...]:
         """``default`` first, then the named accounts."""
-        return (DEFAULT_ACCOUNT, *self.accounts)
+        return (DEFAULT_ACCOUNT, *self.named_accounts)
 
     @property
     def all_accounts(self) -> Mapping[str, Account]:
@@ -106,7 +106,7 @@ class Settings:
         default = Account(
             DEFAULT_ACCOUNT, self.endpoint, self.rate_limit, self.signature, self.credentials
         )
-        return MappingProxyType({DEFAULT_ACCOUNT: default, **self.accounts})
+        return MappingProxyType({DEFAULT_ACCOUNT: default, **self.named_accounts})
 
     def account(self, name: str = DEFAULT_ACCOUNT) -> Account | None:
         """The account called ``name``; ``None`` when no such account is configured."""
@@ -254,7 +254,7 @@ def load_settings(
     return Settings(
         **values,
         credentials=credentials,
-        accounts=MappingProxyType(accounts),
+        named_accounts=MappingProxyType(accounts),
         sources=MappingProxyType(sources),
     )
 
