@@ -32,7 +32,7 @@ Batch = list[tuple[bytes, str]]
 
 
 @dataclass(slots=True)
-class Totals:
+class LoopTotals:
     """What the loop did."""
 
     batches: int = 0
@@ -71,7 +71,7 @@ class BareLoop:
         self._host = self._url.removeprefix("http://").rstrip("/")
         self._batch_size = args.batch_size
         self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=args.in_flight)
-        self.totals = Totals()
+        self.totals = LoopTotals()
 
     async def read(self) -> None:
         """XREADGROUP batches into the queue, forever."""
@@ -114,7 +114,7 @@ class BareLoop:
             await pipe.execute()
 
 
-async def main(args: argparse.Namespace) -> Totals:
+async def main(args: argparse.Namespace) -> LoopTotals:
     """Run the loop until SIGTERM, SIGINT or ``--max-s``."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -38,7 +38,7 @@ IN_FLIGHT = 8
 
 
 @dataclass(slots=True)
-class Tally:
+class PeerTally:
     """What one peer did."""
 
     mode: str
@@ -67,7 +67,7 @@ def request(ids: list[str]) -> Any:
     return domain_models.AcknowledgeTaskResultRequest(task_detail_no=ids, lang="en")
 
 
-def count(tally: Tally, client: Any, ids: list[str]) -> None:
+def count(tally: PeerTally, client: Any, ids: list[str]) -> None:
     """Make one SDK call for ``ids`` and add its outcome to ``tally``."""
     tally.items += len(ids)
     tally.requests += 1
@@ -77,7 +77,7 @@ def count(tally: Tally, client: Any, ids: list[str]) -> None:
         tally.errors += 1
 
 
-def run_one(args: argparse.Namespace, tally: Tally, deadline: float) -> None:
+def run_one(args: argparse.Namespace, tally: PeerTally, deadline: float) -> None:
     """(a) BLPOP one number, one call per number."""
     client, store = sdk_client(args.endpoint), redis.Redis.from_url(args.redis_url)
     while time.monotonic() < deadline:
@@ -89,7 +89,7 @@ def run_one(args: argparse.Namespace, tally: Tally, deadline: float) -> None:
     store.close()
 
 
-def run_batch(args: argparse.Namespace, tally: Tally, deadline: float) -> None:
+def run_batch(args: argparse.Namespace, tally: PeerTally, deadline: float) -> None:
     """(b) LPOP up to 100, one call per 100, sequential."""
     client, store = sdk_client(args.endpoint), redis.Redis.from_url(args.redis_url)
     while time.monotonic() < deadline:
@@ -101,7 +101,7 @@ def run_batch(args: argparse.Namespace, tally: Tally, deadline: float) -> None:
     store.close()
 
 
-async def run_async(args: argparse.Namespace, tally: Tally, deadline: float) -> None:
+async def run_async(args: argparse.Namespace, tally: PeerTally, deadline: float) -> None:
     """(c) The async client, 8 coroutines each popping 100 at a time."""
     client = sdk_client(args.endpoint)
     store = redis.asyncio.Redis.from_url(args.redis_url, max_connections=IN_FLIGHT)
@@ -124,9 +124,9 @@ async def run_async(args: argparse.Namespace, tally: Tally, deadline: float) -> 
     await store.aclose()
 
 
-def run(args: argparse.Namespace) -> Tally:
+def run(args: argparse.Namespace) -> PeerTally:
     """Run the chosen peer and time its loop."""
-    tally = Tally(args.mode)
+    tally = PeerTally(args.mode)
     started, cpu0 = time.monotonic(), time.process_time()
     deadline = started + args.max_s
     if args.mode == "one":

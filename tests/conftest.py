@@ -18,6 +18,7 @@ import pytest
 from redis.asyncio import Redis
 
 from worker.dev import sandbox
+from worker.dev.sandbox import RedisServer as RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 free_port = sandbox.free_port
@@ -34,19 +35,17 @@ def wait_until(
     )
 
 
-class RedisServer(sandbox.RedisServer):
+def start_redis(port: int, workdir: str | Path, *extra: str) -> RedisServer:
     """A throwaway redis-server (the sandbox's) on ``port`` with its data in ``workdir`` and
     ``extra`` options; its output is discarded."""
-
-    def __init__(self, port: int, workdir: str | Path, *extra: str) -> None:
-        super().__init__(Path(workdir), *extra, port=port)
+    return RedisServer(Path(workdir), *extra, port=port)
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     with tempfile.TemporaryDirectory(prefix="ackworker-redis-") as workdir:
         # Another port if the one found free was taken before redis-server bound it.
-        server = sandbox.retrying(lambda: RedisServer(free_port(), workdir), attempts=5)
+        server = sandbox.retrying(lambda: start_redis(free_port(), workdir), attempts=5)
         yield server
         server.stop()
 

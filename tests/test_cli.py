@@ -8,7 +8,7 @@ import tempfile
 import pytest
 import redis as sync_redis
 
-from tests.conftest import PYTHON, RedisServer, free_port, worker_env
+from tests.conftest import PYTHON, RedisServer, free_port, start_redis, worker_env
 
 
 def ackworker(
@@ -56,7 +56,7 @@ def test_enqueue_refuses_a_bad_id_with_exit_2(redis_server: RedisServer, prefix:
 def test_run_against_a_redis_that_wants_a_password_exits_2() -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
-        server = RedisServer(port, workdir, "--requirepass", "s3cret-redis-pass")
+        server = start_redis(port, workdir, "--requirepass", "s3cret-redis-pass")
         try:
             env = worker_env(
                 ACKWORKER_REDIS_URL=f"redis://127.0.0.1:{port}/0",

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import RedisServer, free_port, wait_until
+from tests.conftest import RedisServer, free_port, start_redis, wait_until
 from worker.dev import sandbox
 
 MASTER_NAME = "ackworker-primary"
@@ -99,7 +99,7 @@ class TlsRedis:
     def _start_in(self, workdir: Path) -> Callable[[], RedisServer]:
         def start() -> RedisServer:
             self.tls_port = free_port()
-            return RedisServer(
+            return start_redis(
                 free_port(),
                 str(workdir),
                 *("--tls-port", str(self.tls_port)),
@@ -152,12 +152,12 @@ class SentinelSetup:
             (workdir / name).mkdir()
         # The primary starts a full sync at once instead of waiting 5 s for more replicas.
         self.primary = _retrying(
-            lambda: RedisServer(
+            lambda: start_redis(
                 free_port(), str(workdir / "primary"), "--repl-diskless-sync-delay", "0"
             )
         )
         self.replica = _retrying(
-            lambda: RedisServer(
+            lambda: start_redis(
                 free_port(),
                 str(workdir / "replica"),
                 *("--replicaof", "127.0.0.1", str(self.primary.port)),
@@ -224,7 +224,7 @@ class ClusterSetup:
     def _node(self, port: int) -> RedisServer:
         home = self._workdir / f"node-{port}"
         home.mkdir(exist_ok=True)
-        return RedisServer(
+        return start_redis(
             port,
             str(home),
             *("--appendonly", "yes"),
