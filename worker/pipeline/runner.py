@@ -30,6 +30,7 @@ from worker.observe.view import WorkerView, paused_accounts
 from worker.pipeline.intake import Intake, IntakeConfig
 from worker.pipeline.lanes import Lane, WorkerParts, build_lanes, build_source, is_routed
 from worker.pipeline.router import Router, orphaned_accounts
+from worker.pipeline.sendgate import SendGate
 from worker.retry import redis_backoff_s
 from worker.store.connection import REDIS_ERRORS
 from worker.store.heartbeat import Heartbeat
@@ -65,6 +66,9 @@ class Worker:
         """Entries read and not settled, every lane together."""
         return sum(len(lane.holdings) for lane in self._lanes.values())
 
+    def _gates(self) -> dict[str, SendGate]:
+        return {name: lane.gate for name, lane in self._lanes.items()}
+
     def view(self) -> WorkerView:
         """A read-only view of this worker's state, for ``worker.stats`` and ``/metrics``."""
         p = self._p
@@ -75,7 +79,7 @@ class Worker:
             p.keys,
             self.totals,
             _Held(self),
-            {name: lane.gate for name, lane in self._lanes.items()},
+            self._gates(),
             self._stop.stopping,
             self._s.rate_limit,
             account_streams=streams,
@@ -89,7 +93,7 @@ class Worker:
         """What each heartbeat carries besides who and where (see worker.store.heartbeat)."""
         return {
             "state": "draining" if self._stop.is_stopping else "running",
-            "paused": paused_accounts({n: lane.gate for n, lane in self._lanes.items()}),
+            "paused": paused_accounts(self._gates()),
             "confirmed": self.totals.confirmed,
             "duplicates": self.totals.duplicates,
             "dead": sum(self.totals.dead.values()),

@@ -113,7 +113,7 @@ class Heartbeat:
                 now_ms = await self._script(keys=keys, args=args)
         except _FAILURES as exc:
             self._failures += 1
-            log.warning("heartbeat.failed", error=_describe(exc), failures=self._failures)
+            log.warning("heartbeat.failed", error=describe(exc), failures=self._failures)
             return
         self._started_at_ms = self._started_at_ms or now_ms.decode()
         self._failures = 0
@@ -125,11 +125,7 @@ class Heartbeat:
             await self._redis.delete(self._keys.heartbeat(self._consumer))
             await self._redis.zrem(self._keys.workers, self._consumer)
         except _FAILURES as exc:
-            log.warning("heartbeat.failed", error=_describe(exc), failures=self._failures + 1)
-
-
-def _describe(exc: BaseException) -> str:
-    return describe(exc)
+            log.warning("heartbeat.failed", error=describe(exc), failures=self._failures + 1)
 
 
 @dataclass(frozen=True, slots=True)
