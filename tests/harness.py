@@ -24,7 +24,13 @@ from worker.store.keys import Keys
 
 TEST_CREDENTIALS = Credentials("testid", "testsecret")
 FAST_POLICY = RetryPolicy(
-    max_attempts=3, base_s=0.001, cap_s=0.005, probe_base_s=0.01, probe_cap_s=0.05
+    max_attempts=3,
+    base_s=0.001,
+    cap_s=0.005,
+    probe_base_s=0.01,
+    probe_cap_s=0.05,
+    budget_s=0.0,
+    outage_after_s=0.2,
 )
 
 

@@ -59,12 +59,28 @@ async def test_a_huge_retry_after_pauses_the_fleet_for_at_most_300_s(
     assert reply.horizon_s == pytest.approx(300.0)
 
 
-async def test_rate_never_falls_below_one_per_second(redis: Redis, prefix: str) -> None:
-    limiter = RateLimiter(redis, Keys(prefix).limiter, 2.0)
-    rate = 2.0
-    for i in range(10):
-        rate = (await limiter.call("throttled", now_us=(1_000 + 2 * i) * S)).rate
-    assert rate == pytest.approx(1.0, abs=0.05)
+async def test_rate_never_falls_below_one_per_second_under_a_high_limit(
+    redis: Redis, prefix: str
+) -> None:
+    key = Keys(prefix).limiter
+    limiter = RateLimiter(redis, key, 100.0)
+    t0 = 1_000 * S
+    await redis.hset(key, mapping={"rate": "1.2", "updated": str(t0)})  # type: ignore[misc]
+    cut = await limiter.call("throttled", now_us=t0)
+    assert cut.rate == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("limit", [1.0, 0.5, 0.05])
+async def test_a_throttle_cuts_a_limit_at_or_under_one_per_second(
+    redis: Redis, prefix: str, limit: float
+) -> None:
+    # The floor used to be 1/s whatever the limit: a throttle cut nothing, and the
+    # effective rate read above the limit.
+    limiter = RateLimiter(redis, Keys(prefix).limiter, limit)
+    cut = await limiter.call("throttled", now_us=1_000 * S)
+    assert cut.rate == pytest.approx(limit * 0.7)
+    later = await limiter.call("peek", now_us=1_000 * S + 1)
+    assert later.rate <= limit
 
 
 async def test_rate_recovers_additively_then_slowly_near_the_ceiling(

@@ -30,7 +30,7 @@ from worker.pipeline.lanes import build_verifier
 from worker.pipeline.verify import Check, Verifier
 from worker.store.enqueue import enqueue
 from worker.store.keys import Keys
-from worker.store.limiter import LimiterReply, RateLimiter
+from worker.store.limiter import LimiterReply, RateLimiter, Slot
 
 pytestmark = pytest.mark.anyio
 
@@ -55,7 +55,7 @@ class CountingLimiter(RateLimiter):
         self.acquired = 0
         self.throttles = 0
 
-    async def acquire(self) -> float:
+    async def acquire(self) -> Slot:
         self.acquired += 1
         return await super().acquire()
 

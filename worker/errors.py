@@ -10,6 +10,7 @@
         │   ├── ServerError         5xx, ServiceUnavailable, InternalError, UnknownError
         │   ├── NonceUsedError      SignatureNonceUsed
         │   ├── TransportError      connection reset, refused, timed out
+        │   ├── GatewayError        a 4xx without a Code: a proxy's or gateway's answer
         │   └── ProtocolError       a body that is not the documented JSON
         ├── FatalApiError           the process cannot send until an operator acts
         │   ├── AuthError           InvalidAccessKeyId*, SignatureDoesNotMatch, Forbidden*,
@@ -18,6 +19,10 @@
         │   ├── EndpointError       InvalidAction*, InvalidVersion*: wrong endpoint or version
         │   └── CertificateError    the endpoint's TLS certificate failed verification
         └── PermanentApiError       other 4xx: this request will never succeed as sent
+
+``endpoint_down`` tells "the endpoint is away" (transport errors, 5xx, a 4xx without a
+``Code``, a non-JSON error page) from an answer of the service: the first pause the account's
+sending fleet-wide (see :mod:`worker.store.limiter`) and never dead-letter anything.
 
 Cancellation is never wrapped: anyio's cancellation exceptions pass through untouched.
 Messages never contain secrets; callers build them from codes, ids and response excerpts.
@@ -79,6 +84,12 @@ class ApiError(AckworkerError):
         text = f": {self.message}" if self.message else ""
         return f"{self.code}{status}{text}{rid}"
 
+    @property
+    def endpoint_down(self) -> bool:
+        """True when no answer of the service came back: the endpoint (or the way to it) is
+        away, which says nothing about the items sent."""
+        return False
+
     def summary(self) -> str:
         """Short ``code: message`` form for dead letters, capped at 300 characters."""
         text = f"{self.code}: {self.message}" if self.message else self.code
@@ -98,6 +109,11 @@ class ThrottledError(RetryableApiError):
 class ServerError(RetryableApiError):
     """The service failed internally (5xx, ``ServiceUnavailable``, ``InternalError``...)."""
 
+    @property
+    def endpoint_down(self) -> bool:
+        """A 5xx or a ``ServiceUnavailable`` is the service being away, not the items."""
+        return True
+
 
 class NonceUsedError(RetryableApiError):
     """``SignatureNonceUsed``: a fresh nonce on the next attempt fixes it."""
@@ -106,9 +122,30 @@ class NonceUsedError(RetryableApiError):
 class TransportError(RetryableApiError):
     """No usable HTTP answer: connection refused or reset, or the request timed out."""
 
+    @property
+    def endpoint_down(self) -> bool:
+        """No answer at all."""
+        return True
+
+
+class GatewayError(RetryableApiError):
+    """A 4xx whose body has no ``Code``: a gateway's "no route", a proxy, a wrong path. The
+    service never saw the request, so it says nothing about the items (never split them)."""
+
+    @property
+    def endpoint_down(self) -> bool:
+        """Not the service's answer."""
+        return True
+
 
 class ProtocolError(RetryableApiError):
     """The answer was not the documented JSON (an HTML page, truncated JSON, no ``Result``)."""
+
+    @property
+    def endpoint_down(self) -> bool:
+        """An error page instead of the service's JSON (a proxy's, a load balancer's); a
+        mangled 200 is the service answering, badly."""
+        return self.http_status != 200
 
 
 class FatalApiError(ApiError):

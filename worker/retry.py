@@ -9,9 +9,11 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from structlog.typing import FilteringBoundLogger
 
+from worker.clock import Clock
 from worker.errors import ApiError, ThrottledError
 
 REDIS_BACKOFF_FIRST_S = 0.2
@@ -25,7 +27,10 @@ class RetryPolicy:
     Retry ``n`` (1-based) waits a uniform random time in ``[0, min(cap_s, base_s * 2**(n-1))]``
     (full jitter spreads a fleet's retries), but never less than the server's retry-after.
     After a fatal answer (credentials, clock), probes wait ``probe_base_s`` doubling up to
-    ``probe_cap_s``: at most one request per ``probe_cap_s`` while the problem lasts.
+    ``probe_cap_s``: at most one request per ``probe_cap_s`` while the problem lasts; so do the
+    fleet's probes of an endpoint that has not answered for ``outage_after_s``. A batch gives
+    up after ``max_attempts`` and ``budget_s`` of failing while the API answers others
+    (:class:`RetryBudget`).
     """
 
     max_attempts: int = 6
@@ -33,6 +38,8 @@ class RetryPolicy:
     cap_s: float = 30.0
     probe_base_s: float = 5.0
     probe_cap_s: float = 30.0
+    budget_s: float = 300.0
+    outage_after_s: float = 10.0
 
     def delay_s(self, retry: int, retry_after_s: float | None, rng: random.Random) -> float:
         """Seconds to wait before retry number ``retry``."""
@@ -95,3 +102,46 @@ class ApiRetry:
             delay_s=round(delay, 3),
         )
         return delay
+
+
+class Availability(Protocol):
+    """What a :class:`RetryBudget` reads of the endpoint (monotonic seconds, None: never)."""
+
+    @property
+    def answered_at(self) -> float | None:
+        """When some request of the fleet last got an answer."""
+        ...
+
+    @property
+    def resumed_at(self) -> float | None:
+        """When the last outage pause ended."""
+        ...
+
+
+class RetryBudget:
+    """How long one batch may keep failing, in seconds, while the API answers others.
+
+    The clock starts at the batch's first failure, or when the last outage pause ended if
+    that is later. It is spent only once ``budget_s`` have passed *and* some request was
+    answered after the first failure: while nothing answers, the endpoint is away and the
+    batch is not at fault. Throttling never spends it (it is the fleet's, not the batch's).
+    """
+
+    def __init__(self, budget_s: float, clock: Clock, endpoint: Availability) -> None:
+        self._budget_s = budget_s
+        self._clock = clock
+        self._endpoint = endpoint
+        self._first: float | None = None
+
+    def spent(self, exc: ApiError) -> bool:
+        """Record the failure ``exc``; True when the batch may be given up."""
+        now = self._clock.monotonic()
+        if self._first is None:
+            self._first = now
+        if isinstance(exc, ThrottledError):
+            return False
+        answered = self._endpoint.answered_at
+        if answered is None or answered <= self._first:
+            return False
+        start = max(self._first, self._endpoint.resumed_at or self._first)
+        return now - start >= self._budget_s

@@ -51,7 +51,8 @@ class Totals:
     ``in_flight`` is a level (requests awaiting an answer now), ``account_rates`` the fleet's
     rate per account as its limiter last answered (requests/s), ``rate_wait_s`` the seconds
     senders spent waiting for rate-limit slots, ``fleet_pauses`` the throttling answers that
-    paused the fleet.
+    paused the fleet, ``outage_wait_s`` the seconds senders spent held by an outage pause,
+    ``probes`` the requests this process sent as the fleet's probe of an endpoint away.
     """
 
     batches: int = 0
@@ -66,6 +67,8 @@ class Totals:
     in_flight: int = 0
     rate_wait_s: float = 0.0
     fleet_pauses: int = 0
+    outage_wait_s: float = 0.0
+    probes: int = 0
     account_rates: dict[str, float] = field(default_factory=dict)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
@@ -92,4 +95,5 @@ class Totals:
             "dead": dict(self.dead),
             "dead_total": sum(self.dead.values()),
             "retries": dict(self.retries),
+            "probes": self.probes,
         }

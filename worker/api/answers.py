@@ -14,7 +14,14 @@ from typing import Any
 
 import orjson
 
-from worker.errors import AuthError, ProtocolError, clip, error_class_for
+from worker.errors import (
+    AuthError,
+    GatewayError,
+    PermanentApiError,
+    ProtocolError,
+    clip,
+    error_class_for,
+)
 
 _EXCERPT_BYTES = 160
 
@@ -93,6 +100,9 @@ def decode(raw: bytes, status: int, retry_after: str | None) -> dict[str, Any]:
         return data
     code_text = str(code) if code else f"HTTP{status}"
     cls = error_class_for(code_text, status)
+    if not code and cls is PermanentApiError:
+        # The service names every error it sends; a 4xx without a Code never reached it.
+        cls = GatewayError
     raise cls(
         code_text,
         _message(data),

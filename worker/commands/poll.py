@@ -17,7 +17,6 @@ from worker.lifecycle import serve_until_signalled
 from worker.logs import configure_logging, get_logger
 from worker.pipeline.clients import client_for, credential_reloader, process_secrets
 from worker.pipeline.poller import Poller, PollerParts
-from worker.retry import RetryPolicy
 
 log = get_logger("poller")
 
@@ -27,7 +26,7 @@ async def serve_poller(settings: Settings, account: Account, once: bool) -> int:
     redis = open_redis(settings, max_connections=4)
     try:
         async with client_for(settings, account, pool_size=2) as client:
-            policy = RetryPolicy(max_attempts=settings.max_attempts)
+            policy = settings.retry_policy
             reload = credential_reloader(account, client)
             parts = PollerParts(redis, client, keys_for(settings), policy, reload)
             poller = Poller(settings, account, parts)

@@ -18,7 +18,6 @@ from worker.logs import configure_logging, get_logger
 from worker.pipeline.clients import client_for, credential_reloader, process_secrets
 from worker.pipeline.lanes import AccountClient, WorkerParts
 from worker.pipeline.runner import Worker
-from worker.retry import RetryPolicy
 from worker.totals import Totals
 
 log = get_logger("worker")
@@ -34,7 +33,7 @@ async def serve(settings: Settings) -> Totals:
         for account in settings.all_accounts.values():
             client = await stack.enter_async_context(client_for(settings, account))
             clients[account.name] = AccountClient(client, credential_reloader(account, client))
-        policy = RetryPolicy(max_attempts=settings.max_attempts)
+        policy = settings.retry_policy
         worker = Worker(settings, WorkerParts(redis, keys_for(settings), policy, clients))
         return await serve_until_signalled(
             worker.run, worker.request_stop, log=log, event="worker.signal"

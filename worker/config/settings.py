@@ -30,6 +30,7 @@ from worker.config.accounts import Account, parse_accounts
 from worker.config.credentials import CredentialSource, credential_source_from_env
 from worker.entries import DEFAULT_ACCOUNT
 from worker.errors import ConfigError
+from worker.retry import RetryPolicy
 
 ENV_PREFIX = "ACKWORKER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -67,6 +68,8 @@ class Settings:
     concurrency: int = 4
     rate_limit: float = 10.0  # requests per second, shared by all in-flight requests
     max_attempts: int = 6
+    retry_budget_s: float = 300.0
+    outage_after_s: float = 10.0
     claim_idle_ms: int = 60000
     dedupe_ttl_s: int = 86400
     shutdown_grace_s: float = 25.0
@@ -113,6 +116,15 @@ class Settings:
         return self.all_accounts.get(name)
 
     @property
+    def retry_policy(self) -> RetryPolicy:
+        """The API retry policy these settings describe."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            budget_s=self.retry_budget_s,
+            outage_after_s=self.outage_after_s,
+        )
+
+    @property
     def connect_timeout_s(self) -> float:
         """Seconds allowed to open a connection: ``min(5.0, http_timeout_s)``."""
         return min(5.0, self.http_timeout_s)
@@ -152,7 +164,11 @@ SPECS: tuple[k.Spec, ...] = (
     k.integer("linger_ms", 0, 60000, "Milliseconds to wait for a batch to fill before sending it."),
     k.integer("concurrency", 1, 256, "Most API requests in flight at once."),
     k.number("rate_limit", 0, 100000, "API requests per second, at most.", lo_open=True),
-    k.integer("max_attempts", 1, 100, "Attempts per batch before its ids are dead-lettered."),
+    k.integer("max_attempts", 1, 100, "Attempts per batch (and deliveries per entry) at least."),
+    k.number("retry_budget_s", 0, 86400,
+           "Seconds a batch may keep failing while the API answers others, then dead."),
+    k.number("outage_after_s", 0.1, 3600,
+           "Seconds of failures with no answer before the fleet pauses the account."),
     k.integer("claim_idle_ms", 1000, 86400000, "Milliseconds idle before an entry is claimed."),
     k.integer("dedupe_ttl_s", 0, 2592000, "Seconds acknowledged ids are remembered; 0 disables."),
     k.number("shutdown_grace_s", 0, 3600, "Seconds to finish in-flight work on shutdown."),

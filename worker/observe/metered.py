@@ -7,13 +7,14 @@ counted without a line in the processor's hot path. Each costs a few additions p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 
 from worker.api.client import Acknowledger, AckResult
 from worker.clock import Clock
 from worker.entries import DEFAULT_ACCOUNT
 from worker.store.connection import RedisClient
-from worker.store.limiter import LimiterReply, RateLimiter
+from worker.store.limiter import LimiterReply, RateLimiter, Slot
+from worker.store.outage import DEFAULT_RULE, OutageRule
 from worker.totals import Totals
 
 
@@ -49,8 +50,10 @@ class MeteredLimiter(RateLimiter):
         *,
         totals: Totals,
         account: str = DEFAULT_ACCOUNT,
+        outage: OutageRule = DEFAULT_RULE,
+        held: Sized = (),
     ) -> None:
-        super().__init__(redis, key, limit_rps, clock)
+        super().__init__(redis, key, limit_rps, clock, outage=outage, held=held)
         self._totals = totals
         self._account = account
         self._note(limit_rps)  # until the shared limiter first answers
@@ -59,18 +62,20 @@ class MeteredLimiter(RateLimiter):
         self._totals.account_rates[self._account] = rate
 
     async def call(
-        self, op: str, *, pause_ms: float = 0.0, now_us: int | None = None
+        self, op: str, *, pause_ms: float = 0.0, now_us: int | None = None, sent_us: int = 0
     ) -> LimiterReply:
         """Run the script and remember the effective rate it answered."""
-        reply = await super().call(op, pause_ms=pause_ms, now_us=now_us)
+        reply = await super().call(op, pause_ms=pause_ms, now_us=now_us, sent_us=sent_us)
         self._note(reply.rate)
         return reply
 
-    async def acquire(self) -> float:
+    async def acquire(self) -> Slot:
         """Reserve a slot; add the seconds waited for it to the totals."""
-        waited_s = await super().acquire()
-        self._totals.rate_wait_s += waited_s
-        return waited_s
+        slot = await super().acquire()
+        self._totals.rate_wait_s += slot.waited_s
+        self._totals.outage_wait_s += slot.paused_s
+        self._totals.probes += slot.probe
+        return slot
 
     async def throttled(self, retry_after_s: float | None) -> LimiterReply:
         """Report a throttling answer; count the fleet pause it causes."""

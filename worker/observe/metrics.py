@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 
 from worker.observe.view import StreamSample, WorkerView
+from worker.store.outage import PROBLEM as OUTAGE
 
 # The classic text format that generate_latest writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -92,6 +93,16 @@ class WorkerCollector:
             "Throttling answers that slowed and paused the whole fleet.",
             value=t.fleet_pauses,
         )
+        yield CounterMetricFamily(
+            "ackworker_outage_wait_seconds",
+            "Seconds senders were held by an outage pause (summed over senders).",
+            value=t.outage_wait_s,
+        )
+        yield CounterMetricFamily(
+            "ackworker_probes",
+            "Requests sent as the fleet's one probe of an endpoint that was away.",
+            value=t.probes,
+        )
         yield GaugeMetricFamily(
             "ackworker_effective_rate_requests_per_second",
             "The fleet's effective rate as the shared limiter last answered.",
@@ -115,17 +126,24 @@ class WorkerCollector:
         view, stream = self._view, self.stream
         yield GaugeMetricFamily(
             "ackworker_sending_paused",
-            "1 while a credentials or clock problem stops sending, else 0.",
+            "1 while a credentials, clock or outage problem stops sending, else 0.",
             value=0 if view.sending_problem is None else 1,
         )
         paused = GaugeMetricFamily(
             "ackworker_account_sending_paused",
-            "1 while a credentials or clock problem stops sending for the account, else 0.",
+            "1 while a credentials, clock or outage problem stops sending for the account.",
+            labels=["account"],
+        )
+        outage = GaugeMetricFamily(
+            "ackworker_account_outage",
+            "1 while the account's sending is paused because its endpoint is away, else 0.",
             labels=["account"],
         )
         for account, gate in sorted(view.gates.items()):
             paused.add_metric([account], 0 if gate.is_open else 1)
+            outage.add_metric([account], 1 if gate.problem == OUTAGE else 0)
         yield paused
+        yield outage
         yield GaugeMetricFamily(
             "ackworker_held_entries",
             "Entries this process has read and not settled.",

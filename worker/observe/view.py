@@ -37,6 +37,24 @@ class Gate(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Gates:
+    """Several gates of one account read as one: open while all are open; the ``problem`` of
+    the first closed one (the send gate's credentials problem, then an outage pause)."""
+
+    parts: tuple[Gate, ...]
+
+    @property
+    def is_open(self) -> bool:
+        """True while every part is open."""
+        return all(g.is_open for g in self.parts)
+
+    @property
+    def problem(self) -> str | None:
+        """The first closed part's problem."""
+        return next((g.problem or "paused" for g in self.parts if not g.is_open), None)
+
+
 def paused_accounts(gates: Mapping[str, Gate]) -> str:
     """Closed gates as ``code`` (default account) or ``account:code``, comma separated; ``""``
     while every gate is open."""

@@ -34,6 +34,8 @@ from worker.store.connection import RedisClient
 from worker.store.dedupe import Dedupe, DedupeConfig
 from worker.store.keys import Keys
 from worker.store.leases import LeaseRenewer
+from worker.store.limiter import RateLimiter
+from worker.store.outage import OutageRule
 from worker.store.settle import Settler
 from worker.store.source import SourceConfig, StreamSource
 from worker.totals import Totals
@@ -69,13 +71,15 @@ class WorkerParts:
 
 @dataclass(frozen=True, slots=True)
 class Lane:
-    """One account's pipeline: ``keys.tasks`` is the stream it reads, ``holdings`` what it has
-    read and not settled (bounded), ``processor`` takes its batches to their outcome,
-    ``renewer`` keeps the held entries from being claimed by another consumer."""
+    """One account's pipeline: ``keys.tasks`` is the stream it reads, ``holdings`` what it
+    has read and not settled (bounded), ``gate`` and ``limiter`` whether it may send (refused
+    credentials; the fleet's rate and outage pause), ``processor`` takes its batches to their
+    outcome, ``renewer`` keeps the held entries from being claimed by another consumer."""
 
     account: str
     keys: Keys
     gate: SendGate
+    limiter: RateLimiter
     settler: Settler
     source: StreamSource
     holdings: Holdings
@@ -127,31 +131,39 @@ class _LaneBuilder:
         gate = SendGate(p.policy, p.clock, client.reload_credentials or (lambda: None))
         # About 2 x concurrency x batch_size: queued batches plus those being sent, plus one.
         holdings = Holdings(s.batch_size * (2 * s.concurrency + 1))
-        processor = self._processor(account, client.client, gate, source.settler, holdings)
+        limiter = self._limiter(account, holdings)
+        processor = self._processor(name, client.client, gate, limiter, source.settler, holdings)
         renewer = LeaseRenewer(
             p.redis, keys, s.consumer, holdings, claim_idle_ms=s.claim_idle_ms, clock=p.clock
         )
-        return Lane(name, keys, gate, source.settler, source, holdings, processor, renewer)
+        return Lane(name, keys, gate, limiter, source.settler, source, holdings, processor, renewer)
+
+    def _limiter(self, account: Account, holdings: Holdings) -> MeteredLimiter:
+        p, policy = self.parts, self.parts.policy
+        rule = OutageRule(policy.outage_after_s, policy.probe_base_s, policy.probe_cap_s)
+        return MeteredLimiter(
+            p.redis,
+            p.keys.limiter_for(account.name),
+            account.rate_limit,
+            p.clock,
+            totals=self.totals,
+            account=account.name,
+            outage=rule,
+            held=holdings,
+        )
 
     def _processor(
         self,
-        account: Account,
+        name: str,
         client: Acknowledger,
         gate: SendGate,
+        limiter: RateLimiter,
         settler: Settler,
         holdings: Holdings,
     ) -> Processor:
-        s, p, totals, name = self.settings, self.parts, self.totals, account.name
+        s, p, totals = self.settings, self.parts, self.totals
         slots = anyio.Semaphore(s.concurrency)
         verifier = build_verifier(s, client, policy=p.policy, clock=p.clock, rng=p.rng, slots=slots)
-        limiter = MeteredLimiter(
-            p.redis,
-            p.keys.limiter_for(name),
-            account.rate_limit,
-            p.clock,
-            totals=totals,
-            account=name,
-        )
         dedupe = Dedupe(p.redis, p.keys, s.consumer, DedupeConfig(s.dedupe_ttl_s, s.claim_idle_ms))
         deps = ProcessorDeps(
             dedupe=dedupe,

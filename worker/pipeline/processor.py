@@ -5,7 +5,10 @@ Outcomes per number: confirmed, duplicate, dead-lettered (``rejected``, ``retrie
 ``unconfirmed``), or recorded in ``<prefix>:reconcile`` (a batch still short after its resend
 is verified first when a verifier is wired: :mod:`worker.pipeline.verify`). Fatal answers
 never settle anything: the :class:`~worker.pipeline.sendgate.SendGate` holds the batch until
-sending works again.
+sending works again. Neither does an endpoint that is away: the limiter pauses the account's
+sending fleet-wide (:mod:`worker.store.limiter`), and a batch is dead-lettered
+``retries_exhausted`` only after ``max_attempts`` and ``retry_budget_s`` of failing while the
+API answers others.
 """
 
 from __future__ import annotations
@@ -20,13 +23,7 @@ import anyio
 from worker.api.client import Acknowledger, AckResult
 from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
 from worker.entries import DEFAULT_ACCOUNT, Batch, Entry, Holdings
-from worker.errors import (
-    ApiError,
-    FatalApiError,
-    PermanentApiError,
-    ProtocolError,
-    TransportError,
-)
+from worker.errors import ApiError, FatalApiError, PermanentApiError, describe
 from worker.logs import get_logger
 from worker.pipeline.reconciler import (
     Resolution,
@@ -37,9 +34,10 @@ from worker.pipeline.reconciler import (
 )
 from worker.pipeline.sendgate import SendGate
 from worker.pipeline.verify import Verifier
-from worker.retry import ApiRetry, RetryPolicy
+from worker.retry import ApiRetry, RetryBudget, RetryPolicy
+from worker.store.connection import REDIS_ERRORS
 from worker.store.dedupe import Dedupe, Reservation
-from worker.store.limiter import RateLimiter
+from worker.store.limiter import RateLimiter, Slot
 from worker.store.settle import Settlement, Settler
 from worker.store.source import entry_dead_letter
 from worker.totals import Totals
@@ -176,6 +174,7 @@ class Processor:
         retry = ApiRetry(
             d.policy, d.rng, log=log, event="api.retry_scheduled", throttled=d.limiter.throttled
         )
+        budget = RetryBudget(d.policy.budget_s, d.clock, d.limiter.outage)
         while True:
             await d.gate.wait_turn(token)
             try:
@@ -184,34 +183,56 @@ class Processor:
                 d.gate.on_fatal(exc, token)
                 continue
             except ApiError as exc:
-                if not isinstance(exc, TransportError | ProtocolError):
-                    d.gate.on_answer()
                 if exc.request_id:
                     report.request_ids.append(exc.request_id)
-                if not await retry.failed(exc):
+                # Given up only when both the attempts and the time budget are spent; an
+                # endpoint that is away never spends the budget (the fleet pauses instead).
+                spent = budget.spent(exc)
+                if not await retry.failed(exc) and (spent or not exc.retryable):
                     return exc
                 d.totals.retries[exc.code] += 1
                 await d.clock.sleep(retry.back_off(exc, batch_id=batch.batch_id))
                 continue
-            d.gate.on_answer()
             report.request_ids.append(result.request_id)
             return result
 
     async def _attempt(self, batch: Batch, report: BatchReport) -> AckResult:
         d = self._d
         async with d.send_slots:
-            await d.limiter.acquire()
+            slot = await d.limiter.acquire()
+            epoch = d.gate.epoch
             for entry in batch.entries():
                 entry.sent = True
             report.attempts += 1
             d.totals.requests += 1
-            return await d.client.acknowledge(batch.numbers)
+            try:
+                result = await d.client.acknowledge(batch.numbers)
+            except ApiError as exc:
+                await self._heard(slot, epoch, exc)
+                raise
+            await self._heard(slot, epoch, None)
+            return result
+
+    async def _heard(self, slot: Slot, epoch: int, exc: ApiError | None) -> None:
+        """Tell the send gate and the fleet what one request learnt about the endpoint."""
+        d = self._d
+        if exc is not None and exc.endpoint_down:
+            await d.limiter.unreachable(exc)
+            return
+        if exc is None or not exc.fatal:
+            d.gate.on_answer(epoch)
+        await d.limiter.answered(slot)
 
     async def _answers(self, batch: Batch, first: int, report: BatchReport) -> list[int]:
         """``first`` and, when it is short, the ``Result`` of one resend."""
         results = [first]
         if needs_resend(len(batch.groups), first):
-            again = await self._send(batch, report)
+            try:
+                again = await self._send(batch, report)
+            except REDIS_ERRORS as exc:
+                # The first answer is kept: the batch settles on it, short, and is recorded.
+                _followup_failed(batch, "resend", exc)
+                return results
             if isinstance(again, AckResult):
                 results.append(again.result)
         return results
@@ -246,7 +267,13 @@ class Processor:
         while await self._check(case):
             await d.clock.sleep(d.policy.delay_s(case.rounds + 1, None, d.rng))
             remainder = case.next_round()
-            sent = await self._send(remainder, report)
+            try:
+                sent = await self._send(remainder, report)
+            except REDIS_ERRORS as exc:
+                # What the answers so far proved is kept; the rest is recorded unplaced.
+                _followup_failed(remainder, "resend", exc)
+                case.unchecked()
+                break
             if isinstance(sent, ApiError):
                 case.give_up(_dead_reason(sent), sent.summary())
                 break
@@ -306,6 +333,10 @@ class Processor:
 
     def _now(self) -> str:
         return iso_utc(self._d.clock.now())
+
+
+def _followup_failed(batch: Batch, step: str, exc: BaseException) -> None:
+    log.warning("batch.followup_failed", batch_id=batch.batch_id, step=step, error=describe(exc))
 
 
 def _dead_reason(exc: ApiError) -> str:

@@ -26,11 +26,10 @@ from worker.errors import ConfigError, clip, describe
 from worker.lifecycle import TwoPhaseStop
 from worker.logs import get_logger
 from worker.observe.launch import start_watching
-from worker.observe.view import WorkerView, paused_accounts
+from worker.observe.view import Gate, Gates, WorkerView, paused_accounts
 from worker.pipeline.intake import Intake, IntakeConfig
 from worker.pipeline.lanes import Lane, WorkerParts, build_lanes, build_source, is_routed
 from worker.pipeline.router import Router, orphaned_accounts
-from worker.pipeline.sendgate import SendGate
 from worker.retry import redis_backoff_s
 from worker.store.connection import REDIS_ERRORS
 from worker.store.heartbeat import Heartbeat
@@ -66,8 +65,9 @@ class Worker:
         """Entries read and not settled, every lane together."""
         return sum(len(lane.holdings) for lane in self._lanes.values())
 
-    def _gates(self) -> dict[str, SendGate]:
-        return {name: lane.gate for name, lane in self._lanes.items()}
+    def _gates(self) -> dict[str, Gate]:
+        # An account is paused by refused credentials (its gate) or an outage (its limiter).
+        return {name: Gates((lane.gate, lane.limiter.outage)) for name, lane in self._lanes.items()}
 
     def view(self) -> WorkerView:
         """A read-only view of this worker's state, for ``worker.stats`` and ``/metrics``."""

@@ -4,7 +4,10 @@ A fatal answer (``InvalidAccessKeyId*``, ``SignatureDoesNotMatch``, ``Forbidden*
 ``InvalidTimeStamp*``) is not the items' fault, so nothing is dead-lettered: the gate closes
 and every sender waits in front of it, except one, the prober, which retries its own request
 after a capped back-off, re-reading the credentials first so that a fixed credentials file is
-picked up without a restart. The first answer from the API that is not fatal opens the gate.
+picked up without a restart. The first answer that is not fatal to a request sent while the
+gate was closed opens it: a late answer to a request sent before it closed proves nothing
+about the credentials, so requests carry the gate's :attr:`~SendGate.epoch` from when they
+were sent.
 
 If the prober goes away (its batch ended), a waiting sender takes over the probing after at
 most ``probe_cap_s``, so the gate can never be left closed with nobody probing.
@@ -42,6 +45,8 @@ class SendGate:
         self._prober: object | None = None
         self._probes = 0
         self.problem: str | None = None
+        self.epoch = 0
+        """Counts closings: a request sent in an earlier epoch cannot open the gate."""
 
     @property
     def is_open(self) -> bool:
@@ -63,6 +68,7 @@ class SendGate:
         if self.is_open:
             self._opened = anyio.Event()
             self._probes = 0
+            self.epoch += 1
         if self._prober is None:
             self._prober = token
         self.problem = exc.code
@@ -74,9 +80,10 @@ class SendGate:
             probe_in_s=self._policy.probe_delay_s(self._probes + 1),
         )
 
-    def on_answer(self) -> None:
-        """The API answered without a fatal error: open the gate if it was closed."""
-        if not self.is_open:
+    def on_answer(self, epoch: int) -> None:
+        """The API answered a request sent in ``epoch`` without a fatal error: open the gate
+        if it was closed before that request went out."""
+        if not self.is_open and epoch == self.epoch:
             log.info("api.sending_resumed", after_probes=self._probes, problem=self.problem)
             self.problem = None
             self._prober = None
