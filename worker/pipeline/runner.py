@@ -229,13 +229,13 @@ class Worker:
     ) -> None:
         """Run ``work`` on ``batch``; a Redis failure abandons the batch, never the worker.
 
-        Its entries stay pending in this consumer's PEL; after claim_idle_ms another
-        consumer (or this one) claims them again.
+        The processor has already forgotten the entries it gave up (not those a recheck
+        still works on); they stay pending in this consumer's PEL, and after claim_idle_ms
+        another consumer (or this one) claims them again.
         """
         try:
             await work(batch)
         except REDIS_ERRORS as exc:
-            lane.holdings.discard(batch.entries())
             log.error(
                 "batch.abandoned",
                 batch_id=batch.batch_id,
