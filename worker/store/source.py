@@ -19,6 +19,7 @@ from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
 from worker.entries import DEFAULT_ACCOUNT, Entry, InvalidEntry, RawFields, parse_row
 from worker.errors import clip, describe
 from worker.logs import get_logger
+from worker.reasons import DeadReason
 from worker.retry import redis_backoff_s
 from worker.store.connection import REDIS_ERRORS, RedisClient
 from worker.store.keys import Keys
@@ -55,7 +56,7 @@ def invalid_dead_letter(bad: InvalidEntry, at: str) -> dict[str, str]:
     """The dead letter of an entry without a valid id."""
     return {
         "id": "",
-        "reason": "invalid_id",
+        "reason": str(DeadReason.INVALID_ID),
         "error": bad.error,
         "attempts": "0",
         "source": bad.entry_id.decode(),
@@ -70,7 +71,7 @@ def entry_dead_letter(
     """The dead letter of a valid entry (one per number)."""
     record = {
         "id": entry.number,
-        "reason": reason,
+        "reason": str(reason),  # a DeadReason stored as its plain value
         "error": error,
         "attempts": str(attempts),
         "source": entry.entry_id.decode(),
@@ -195,16 +196,18 @@ class StreamSource:
             elif parsed.account not in self._config.accounts:
                 known = ", ".join(sorted(self._config.accounts))
                 error = f"account {parsed.account[:64]!r} is not configured (known: {known})"
-                settlement.dead.append(entry_dead_letter(parsed, "unknown_account", error, 0, at))
+                reason = DeadReason.UNKNOWN_ACCOUNT
+                settlement.dead.append(entry_dead_letter(parsed, reason, error, 0, at))
                 settlement.ack.append(entry_id)
-                log.warning("item.dead", id=parsed.number, reason="unknown_account")
+                log.warning("item.dead", id=parsed.number, reason=reason)
             elif parsed.delivered > self._config.max_attempts:
                 error = f"delivered {parsed.delivered} times, limit {self._config.max_attempts}"
-                record = entry_dead_letter(parsed, "redelivered_too_often", error, 0, at)
+                reason = DeadReason.REDELIVERED_TOO_OFTEN
+                record = entry_dead_letter(parsed, reason, error, 0, at)
                 record["attempts"] = str(parsed.delivered)
                 settlement.dead.append(record)
                 settlement.ack.append(entry_id)
-                log.warning("item.dead", id=parsed.number, reason="redelivered_too_often")
+                log.warning("item.dead", id=parsed.number, reason=reason)
             else:
                 good.append(parsed)
         if settlement:
