@@ -28,6 +28,8 @@ from worker.totals import Totals
 
 log = get_logger("source")
 
+VANISHED_SHOWN = 20  # ids listed in one item.vanished event; ``count`` has them all
+
 
 @dataclass(frozen=True, slots=True)
 class SourceConfig:
@@ -152,6 +154,10 @@ class StreamSource:
             count=count,
         )
         self._claim_cursor = _as_str(reply[0])
+        # Redis 7 adds a third element: ids deleted or trimmed while pending, which it has
+        # dropped from the PEL. Redis 6.2 replies with two.
+        if len(reply) > 2 and reply[2]:
+            self._vanished(reply[2])
         claimed: list[tuple[bytes, RawFields | None]] = [r for r in reply[1] if r[0] not in held]
         if not claimed:
             return []
@@ -162,6 +168,14 @@ class StreamSource:
             (i, [x for kv in (f or {}).items() for x in kv]) for i, f in claimed if i in deliveries
         ]
         return await self._accept(rows, deliveries)
+
+    def _vanished(self, ids: Sequence[bytes | str]) -> None:
+        """Pending entries someone deleted or trimmed (XDEL, MAXLEN, a purge): their numbers
+        reached no outcome here, so say so once, loudly, instead of letting them go silently.
+        Their leases, if any, are unknown (only ids are left) and end with the lease time."""
+        self._totals.vanished += len(ids)
+        shown = [_as_str(i) for i in ids[:VANISHED_SHOWN]]
+        log.warning("item.vanished", count=len(ids), ids=shown, stream=self._keys.tasks)
 
     async def _deliveries(self, ids: Sequence[bytes]) -> dict[bytes, int]:
         """Delivery count of each claimed id, looked up exactly (one XPENDING per id, in
