@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from redis._parsers.helpers import parse_xautoclaim
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
@@ -59,8 +58,11 @@ async def test_a_two_element_reply_of_an_older_redis_is_handled(redis: Redis, pr
     keys = Keys(prefix)
     ids = await pending_on_a_dead_consumer(redis, keys, 2)
 
+    parse = redis.response_callbacks["XAUTOCLAIM"]
+
     def redis_6_2(response: Any, **options: Any) -> Any:
-        return parse_xautoclaim(response, **options)[:2]  # Redis 6.2 has no third element
+        reply: Any = parse(response, **options)
+        return reply[:2]  # Redis 6.2 has no third element
 
     redis.set_response_callback("XAUTOCLAIM", redis_6_2)
     totals = Totals()
