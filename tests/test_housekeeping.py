@@ -10,11 +10,14 @@ import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from tests.harness import wait_for
+from tests.conftest import RedisServer
+from tests.harness import GatedApi, ScriptedApi, drained, make_settings, running_worker, wait_for
 from tests.test_poller import RecordingClock
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.retry import redis_backoff_s
 from worker.store.connection import redis_now_ms
+from worker.store.dedupe import Dedupe, DedupeConfig
+from worker.store.enqueue import enqueue
 from worker.store.housekeeping import SWEEP_COUNT, Housekeeper, HousekeepingConfig
 from worker.store.keys import Keys
 from worker.store.source import ensure_group
@@ -91,6 +94,29 @@ async def test_each_round_scans_a_bounded_page(redis: Redis, prefix: str) -> Non
         rounds.append(await housekeeper.sweep_leases())
     assert sum(rounds) == total
     assert len(rounds) > 1
+
+
+async def test_a_dead_workers_lease_is_swept_once_its_entry_is_dead_lettered(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    """The case of issue 12: a worker dies mid-batch; its entry, delivered too often, is
+    dead-lettered at claim time, and nobody ever settles the number's lease."""
+    keys = Keys(prefix)
+    await ensure_group(redis, keys)
+    entry = await redis.xadd(keys.tasks, {"id": "n1"})
+    await redis.xreadgroup(keys.group, "gone", {keys.tasks: ">"})
+    await redis.xclaim(keys.tasks, keys.group, "gone", 0, [entry], retrycount=9)
+    dedupe = Dedupe(redis, keys, "gone", DedupeConfig(ttl_s=0, lease_ms=1))
+    await dedupe.reserve(["n1"], b"\0" * 12, "b1")
+    settings = make_settings(redis_server.url, prefix)
+    async with running_worker(settings, redis, ScriptedApi()):
+
+        async def swept() -> bool:
+            return bool(await redis.xlen(keys.dead)) and not await redis.hlen(keys.inflight)  # type: ignore[misc]
+
+        await wait_for(swept, what="the dead-lettered entry's lease swept")
+    [dead] = await redis.xrange(keys.dead)
+    assert dead[1][b"reason"] == b"redelivered_too_often"
 
 
 # --- Consumers ---------------------------------------------------------------------------
@@ -173,3 +199,36 @@ async def test_a_redis_failure_is_logged_and_backed_off_never_raised(prefix: str
     failures = [e for e in logs if e["event"] == "housekeeping.failed"]
     assert [e["failures"] for e in failures[:3]] == [1, 2, 3]
     assert "ConnectionError" in failures[0]["error"]
+
+
+# --- A worker's own consumer -------------------------------------------------------------
+
+
+async def test_a_clean_stop_takes_the_workers_consumer_out_of_the_group(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    settings = make_settings(redis_server.url, prefix)
+    await enqueue(redis, keys, ["n1", "n2"])
+    async with running_worker(settings, redis, ScriptedApi()):
+        await wait_for(lambda: drained(redis, prefix), what="backlog settled")
+        assert settings.consumer in await consumers(redis, keys.tasks, keys.group)
+    assert await consumers(redis, keys.tasks, keys.group) == set()
+
+
+async def test_a_stop_with_entries_still_pending_keeps_the_consumer(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    settings = make_settings(redis_server.url, prefix, shutdown_grace_s=0.05)
+    await enqueue(redis, keys, ["n1"])
+    api = GatedApi()  # never answers: the request may have reached the API, the entry stays
+    async with running_worker(settings, redis, api):
+
+        async def sent() -> bool:
+            return bool(api.calls)
+
+        await wait_for(sent, what="the request sent")
+    assert await consumers(redis, keys.tasks, keys.group) == {settings.consumer}
+    pending: Any = await redis.xpending(keys.tasks, keys.group)
+    assert pending["pending"] == 1
