@@ -34,6 +34,7 @@ from worker.pipeline.reconciler import (
 )
 from worker.pipeline.sendgate import SendGate
 from worker.pipeline.verify import Verifier
+from worker.reasons import DeadReason
 from worker.retry import ApiRetry, RetryBudget, RetryPolicy
 from worker.store.connection import REDIS_ERRORS
 from worker.store.dedupe import Dedupe, Reservation
@@ -357,4 +358,6 @@ def _followup_failed(batch: Batch, step: str, exc: BaseException) -> None:
 
 
 def _dead_reason(exc: ApiError) -> str:
-    return "rejected" if isinstance(exc, PermanentApiError) else "retries_exhausted"
+    if isinstance(exc, PermanentApiError):
+        return DeadReason.REJECTED
+    return DeadReason.RETRIES_EXHAUSTED
