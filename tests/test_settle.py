@@ -1,5 +1,5 @@
-"""Every outcome recorded exactly once: the settle script on a real redis-server (issue 12,
-defects 2, 3, 11 and 14).
+"""Every outcome recorded exactly once: the settle script and the router's move on a real
+redis-server (issue 12, defects 2, 3, 11 and 14).
 
 A lost reply is a repeat of the same call; a stalled consumer that lost its entries is one
 whose entries were XCLAIMed by another; a broken key is a string where a stream or hash goes.
@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from worker.entries import Entry
+from worker.entries import DEFAULT_ACCOUNT, Entry
 from worker.ids import digests
+from worker.pipeline.router import Router
 from worker.store.dedupe import Dedupe, DedupeConfig, Reservation
 from worker.store.enqueue import enqueue
 from worker.store.keys import Keys
 from worker.store.settle import Settlement, Settler, leases_of
+from worker.store.source import SourceConfig, StreamSource
 from worker.totals import Totals
 
 pytestmark = pytest.mark.anyio
@@ -166,3 +169,42 @@ async def test_a_hand_back_with_a_wrong_type_lease_hash_moves_nothing(
     assert await redis.xlen(keys.tasks) == 1
     assert await pending_on(redis, keys, entries[0]) == "c1"
     assert keys.inflight in str(raised.value)
+
+
+async def router_reading(redis: Redis, keys: Keys) -> tuple[Router, list[Entry]]:
+    """A router of two accounts and what it read: one entry of each."""
+    await enqueue(redis, keys, [N1])
+    await enqueue(redis, keys, [N2], account="eu")
+    settler = Settler(redis, keys, dedupe_ttl_s=60, consumer="c1")
+    accounts = frozenset({DEFAULT_ACCOUNT, "eu"})
+    source = StreamSource(redis, keys, settler, SourceConfig("c1", 1000, 5, accounts))
+    targets = {a: keys.account_stream(a) for a in accounts}
+    router = Router(
+        redis, source, targets, consumer="c1", claim_every_ms=1000, stopping=anyio.Event()
+    )
+    return router, await source.read(10, None)
+
+
+async def test_a_move_to_a_wrong_type_account_stream_leaves_the_entries_pending(
+    redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await redis.set(keys.account_stream("eu"), "not a stream")
+    router, entries = await router_reading(redis, keys)
+    with pytest.raises(ResponseError) as raised:
+        await router.move(entries)
+    # Neither entry moved, both still pending here: claimed and moved once the key is mended.
+    assert await redis.xlen(keys.tasks) == 2
+    assert [await pending_on(redis, keys, e) for e in entries] == ["c1", "c1"]
+    assert await redis.exists(keys.account_stream(DEFAULT_ACCOUNT)) == 0
+    assert keys.account_stream("eu") in str(raised.value)
+
+
+async def test_a_repeated_move_moves_nothing_again(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    router, entries = await router_reading(redis, keys)
+    assert await router.move(entries) == 2
+    assert await router.move(entries) == 0  # its first reply lost: sent again
+    assert await redis.xlen(keys.tasks) == 0
+    for account in (DEFAULT_ACCOUNT, "eu"):
+        assert await redis.xlen(keys.account_stream(account)) == 1
