@@ -54,7 +54,8 @@ class Totals:
     paused the fleet, ``outage_wait_s`` the seconds senders spent held by an outage pause,
     ``probes`` the requests this process sent as the fleet's probe of an endpoint away,
     ``vanished`` the pending entries deleted or trimmed from a stream before they were
-    settled (found when claiming).
+    settled (found when claiming), ``not_owned`` the entries this process settled after
+    another consumer had claimed them (their outcomes left to it).
     """
 
     batches: int = 0
@@ -65,6 +66,7 @@ class Totals:
     overcount: int = 0
     handed_back: int = 0
     vanished: int = 0
+    not_owned: int = 0
     dead: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
@@ -96,6 +98,7 @@ class Totals:
             "overcount": self.overcount,
             "handed_back": self.handed_back,
             "vanished": self.vanished,
+            "not_owned": self.not_owned,
             "dead": dict(self.dead),
             "dead_total": sum(self.dead.values()),
             "retries": dict(self.retries),
