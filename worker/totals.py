@@ -52,7 +52,9 @@ class Totals:
     rate per account as its limiter last answered (requests/s), ``rate_wait_s`` the seconds
     senders spent waiting for rate-limit slots, ``fleet_pauses`` the throttling answers that
     paused the fleet, ``outage_wait_s`` the seconds senders spent held by an outage pause,
-    ``probes`` the requests this process sent as the fleet's probe of an endpoint away.
+    ``probes`` the requests this process sent as the fleet's probe of an endpoint away,
+    ``not_owned`` entries this process settled after they had been claimed by another consumer
+    (their outcomes left to it).
     """
 
     batches: int = 0
@@ -62,6 +64,7 @@ class Totals:
     shortfall: int = 0
     overcount: int = 0
     handed_back: int = 0
+    not_owned: int = 0
     dead: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
@@ -92,6 +95,7 @@ class Totals:
             "shortfall": self.shortfall,
             "overcount": self.overcount,
             "handed_back": self.handed_back,
+            "not_owned": self.not_owned,
             "dead": dict(self.dead),
             "dead_total": sum(self.dead.values()),
             "retries": dict(self.retries),

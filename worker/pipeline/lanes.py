@@ -97,7 +97,9 @@ def build_source(
 ) -> StreamSource:
     """A source on ``keys.tasks``; with ``account``, one account's stream."""
     s, p = settings, parts
-    settler = Settler(p.redis, keys, dedupe_ttl_s=s.dedupe_ttl_s, consumer=s.consumer)
+    settler = Settler(
+        p.redis, keys, dedupe_ttl_s=s.dedupe_ttl_s, consumer=s.consumer, totals=totals
+    )
     accounts = frozenset(s.account_names)
     config = SourceConfig(s.consumer, s.claim_idle_ms, s.max_attempts, accounts, account)
     return StreamSource(p.redis, keys, settler, config, p.clock, totals)

@@ -38,7 +38,7 @@ from worker.retry import ApiRetry, RetryBudget, RetryPolicy
 from worker.store.connection import REDIS_ERRORS
 from worker.store.dedupe import Dedupe, Reservation
 from worker.store.limiter import RateLimiter, Slot
-from worker.store.settle import Settlement, Settler
+from worker.store.settle import Settlement, Settler, leases_of
 from worker.store.source import entry_dead_letter
 from worker.totals import Totals
 
@@ -246,7 +246,7 @@ class Processor:
             await self._resolve(Resolution.start(batch, verdict), report)
             return
         entry_ids = [e.entry_id for e in batch.entries()]
-        settlement = Settlement(entry_ids, batch.digests(), release=batch.numbers)
+        settlement = Settlement(entry_ids, batch.digests(), release=leases_of(batch.entries()))
         riders = batch.size - submitted
         report.duplicates += riders
         d.totals.duplicates += riders
@@ -301,7 +301,7 @@ class Processor:
         self, batch: Batch, reason: str, exc: ApiError, report: BatchReport
     ) -> None:
         at = self._now()
-        settlement = Settlement(release=batch.numbers)
+        settlement = Settlement(release=leases_of(batch.entries()))
         for entry in batch.entries():
             settlement.ack.append(entry.entry_id)
             record = entry_dead_letter(entry, reason, exc.summary(), report.attempts, at)

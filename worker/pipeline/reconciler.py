@@ -21,7 +21,7 @@ import orjson
 from worker.entries import Batch
 from worker.logs import get_logger
 from worker.pipeline.verify import Check
-from worker.store.settle import Settlement
+from worker.store.settle import Settlement, leases_of
 from worker.store.source import entry_dead_letter
 from worker.totals import Totals
 
@@ -225,7 +225,7 @@ class Resolution:
         """The one settle of the whole batch: every entry acknowledged, proved numbers
         remembered, open ones dead-lettered, and the reconcile record."""
         b = self.batch
-        s = Settlement(ack=[e.entry_id for e in b.entries()], release=b.numbers)
+        s = Settlement(ack=[e.entry_id for e in b.entries()], release=leases_of(b.entries()))
         if self.confirmed:
             s.confirmed = b.subset(self.confirmed).digests()
         t = self.tally()

@@ -6,8 +6,13 @@ paused, refused) stand in front of the others' entries, so the router reads the 
 and moves each entry, once, to ``<prefix>:tasks:<account>``; each account's lane then reads
 its own stream with its own prefetch bound, and is held up only by its own account.
 
-A move is one Lua call per read: XADD to the account's stream, XACK and XDEL from the input,
-for every entry, atomically, so an entry is in exactly one of the two streams. The source
+A move is one Lua call per read that, for every entry still pending on this consumer, XADDs it
+to the account's stream and then XACKs and XDELs it from the input, atomically, so an entry is
+in exactly one of the two streams. Lua does not roll back, so the script first checks that
+every account stream it writes is a stream (or missing) and fails, naming the key, before
+writing anything: the entries stay pending here, and are moved once the key is mended. The
+new entry is written before the original is acknowledged for the same reason. A repeated move
+(its reply was lost) finds the moved entries no longer pending and moves nothing. The source
 dead-letters what cannot be moved (``invalid_id``, ``unknown_account``,
 ``redelivered_too_often``) as it reads. Entries read but not yet moved when the router is
 stopped hard stay pending on this consumer and are claimed after ``claim_idle_ms``.
@@ -26,6 +31,7 @@ from worker.entries import Entry
 from worker.logs import get_logger
 from worker.store.connection import REDIS_ERRORS, RedisClient, register_script
 from worker.store.keys import Keys
+from worker.store.settle_lua import WRONG_TYPE
 from worker.store.source import Recovery, StreamSource, ensure_group
 
 log = get_logger("router")
@@ -37,21 +43,33 @@ MOVE_DEADLINE_S = 10.0
 # KEYS[1] the input stream, KEYS[2..] the account streams. ARGV[1] the group, ARGV[2] this
 # consumer, then per entry: its id, the index in KEYS of its account's stream, its fields as
 # a JSON list.
-_MOVE = """
+_MOVE = (
+    WRONG_TYPE
+    + """
 local group, consumer, moved = ARGV[1], ARGV[2], 0
+local checked = {}
+for j = 4, #ARGV, 3 do
+  local key = KEYS[tonumber(ARGV[j])]
+  if not checked[key] then
+    checked[key] = true
+    local err = wrong_type(key, 'stream')
+    if err then return redis.error_reply(err) end
+  end
+end
 for j = 3, #ARGV, 3 do
   -- Only entries still pending on this consumer: one another consumer took over (and may be
-  -- moving or sending) is left to it.
+  -- moving or sending) is left to it, and one moved already (a repeat) is not pending.
   local p = redis.call('XPENDING', KEYS[1], group, ARGV[j], ARGV[j], 1)
   if p[1] and p[1][2] == consumer then
-    redis.call('XACK', KEYS[1], group, ARGV[j])
     redis.call('XADD', KEYS[tonumber(ARGV[j + 1])], '*', unpack(cjson.decode(ARGV[j + 2])))
+    redis.call('XACK', KEYS[1], group, ARGV[j])
     redis.call('XDEL', KEYS[1], ARGV[j])
     moved = moved + 1
   end
 end
 return moved
 """
+)
 
 
 class Router:
@@ -111,17 +129,23 @@ class Router:
     async def _move(self, entries: list[Entry]) -> None:
         if not entries:
             return
-        args: list[str | bytes | int] = [self._keys.group, self._consumer]
-        for e in entries:
-            args += (e.entry_id, self._index[e.account], orjson.dumps(_fields(e)))
         # Shielded: a move cut off by a hard stop would leave the read entries pending here
         # for claim_idle_ms instead of on their way.
         with anyio.move_on_after(MOVE_DEADLINE_S, shield=True) as scope:
-            moved = await self._script(keys=self._streams, args=args)
-            log.debug("router.moved", count=int(moved))
+            moved = await self.move(entries)
+            log.debug("router.moved", count=moved)
         if scope.cancelled_caught:
             # Still pending here: claimed again after claim_idle_ms.
             log.warning("router.move_timed_out", count=len(entries), deadline_s=MOVE_DEADLINE_S)
+
+    async def move(self, entries: Sequence[Entry]) -> int:
+        """Move ``entries``, read by this consumer, to their accounts' streams in one atomic
+        call; returns how many moved (those still pending on this consumer). Raises a Redis
+        error, having moved nothing, when an account stream is not a stream."""
+        args: list[str | bytes | int] = [self._keys.group, self._consumer]
+        for e in entries:
+            args += (e.entry_id, self._index[e.account], orjson.dumps(_fields(e)))
+        return int(await self._script(keys=self._streams, args=args))
 
 
 async def orphaned_accounts(redis: RedisClient, keys: Keys, routed: Sequence[str]) -> list[str]:

@@ -85,6 +85,12 @@ class Keys:
         """Hash of numbers being sent right now: number -> ``consumer|lease deadline ms``."""
         return f"{self.prefix}:inflight"
 
+    def settlement(self, token: str) -> str:
+        """``<prefix>:settled:<token>``: the reply of the settle call of one settlement, kept
+        two minutes, so a repeat of that call (its reply was lost) answers the same and
+        writes nothing (see worker.store.settle)."""
+        return f"{self.prefix}:settled:{token}"
+
     @property
     def seen_prefix(self) -> str:
         """Prefix of the dedupe memory buckets ``<prefix>:seen:<bucket>:<shard>``."""

@@ -207,8 +207,9 @@ class StreamSource:
                 log.warning("item.dead", id=parsed.number, reason="redelivered_too_often")
             else:
                 good.append(parsed)
-        if settlement:
-            await self._settler.settle(settlement)
+        # Not applied when another consumer claimed one of these entries meanwhile: that one
+        # writes their dead letters, and counts them.
+        if settlement and (await self._settler.settle(settlement)).applied:
             for record in settlement.dead:
                 self._totals.dead[record["reason"]] += 1
         return good
