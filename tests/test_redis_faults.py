@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 import pytest
@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from tests.conftest import RedisServer
 from tests.faultbooks import BookedApi, Plan, problems, read_books
-from tests.harness import drained, make_settings, running_worker, wait_for
+from tests.harness import drained, make_settings, running_worker, wait_for, with_consumer
 from worker.dev.faultproxy import FaultProxy, fault_proxy
 from worker.store.connection import RedisClient, make_redis
 from worker.store.enqueue import enqueue
@@ -101,31 +101,47 @@ def _faults(rng: random.Random) -> dict[str, float]:
 
 
 async def _round(server: RedisServer, redis: Redis, prefix: str, rng: random.Random) -> list[str]:
-    """One round on a fresh prefix; the problems found (none when the invariant holds)."""
+    """One round on a fresh prefix, with one or two replicas; the problems found (none when
+    the invariant holds), then a line describing the round."""
     keys = Keys(prefix)
     tag = f"r{rng.randrange(16**6):06x}"
     plan = Plan.random(rng, tag, count=rng.randint(30, 80), duplicates=rng.randint(0, 10))
     plan.ok.append(warm_number(tag))
-    faults = _faults(rng)
     api = BookedApi(plan)
+    faults, replicas = _faults(rng), rng.choice([1, 2])
+    settings = make_settings(
+        "redis://unused",
+        prefix,
+        batch_size=rng.choice([3, 5, 10]),
+        concurrency=rng.choice([1, 2, 4]),
+    )
     late: list[str] = []
-    async with through_proxy(server, rng.randrange(2**32)) as (proxy, client):
-        settings = make_settings(
-            proxy.url, prefix, batch_size=rng.choice([3, 5, 10]), concurrency=rng.choice([1, 2, 4])
-        )
-        async with running_worker(settings, client, api):
-            await warm_up(redis, prefix, warm_number(tag))
-            proxy.next("drop", settle_call(keys))
-            proxy.set(**faults)
-            await enqueue(redis, keys, plan.entries)
-            with anyio.move_on_after(ROUND_S) as waited:
-                await wait_for(lambda: drained(redis, prefix), timeout_s=ROUND_S * 2)
-            if waited.cancelled_caught:
-                late.append(f"backlog not settled within {ROUND_S:g} s")
-            # Stopping is not under test: the invariant must hold for what ran under faults.
-            proxy.set(drop_p=0.0, cut_p=0.0, stall_p=0.0)
-    faults_seen = f"faults {faults}, proxy {proxy.stats}"
-    return [*late, *problems(plan, await read_books(redis, keys, plan.numbers), api), faults_seen]
+    proxy_seed = rng.randrange(2**32)
+    async with (
+        fault_proxy("127.0.0.1", server.port, seed=proxy_seed) as proxy,
+        AsyncExitStack() as stack,
+    ):
+        for n in range(1, replicas + 1):
+            client = make_redis(proxy.url, max_connections=12)
+            stack.push_async_callback(client.aclose)  # after its worker has stopped
+            replica = with_consumer(settings, f"{prefix}-c{n}")
+            await stack.enter_async_context(running_worker(replica, client, api))
+        await warm_up(redis, prefix, warm_number(tag))
+        proxy.next("drop", settle_call(keys))
+        proxy.set(**faults)
+        await enqueue(redis, keys, plan.entries)
+        with anyio.move_on_after(ROUND_S) as waited:
+            await wait_for(lambda: drained(redis, prefix), timeout_s=ROUND_S * 2)
+        if waited.cancelled_caught:
+            late.append(f"backlog not settled within {ROUND_S:g} s")
+        # Stopping is not under test: the invariant must hold for what ran under faults.
+        proxy.set(drop_p=0.0, cut_p=0.0, stall_p=0.0)
+    books = await read_books(redis, keys, plan.numbers)
+    described = (
+        f"{replicas} replica(s), batch {settings.batch_size}, concurrency {settings.concurrency},"
+        f" {len(plan.entries)} entries; faults {faults}; proxy {proxy.stats}"
+    )
+    return [*late, *problems(plan, books, api), described]
 
 
 async def test_random_redis_faults_lose_nothing_and_record_nothing_twice(
@@ -137,10 +153,10 @@ async def test_random_redis_faults_lose_nothing_and_record_nothing_twice(
         rng = random.Random(f"{seed}/{round_no}")
         try:
             with anyio.fail_after(ROUND_S + STOP_S):
-                *found, faults_seen = await _round(redis_server, redis, f"{prefix}r{round_no}", rng)
+                *found, described = await _round(redis_server, redis, f"{prefix}r{round_no}", rng)
         except TimeoutError:
-            found, faults_seen = [f"round took over {ROUND_S + STOP_S:g} s"], ""
+            found, described = [f"round took over {ROUND_S + STOP_S:g} s"], ""
         assert not found, (
             f"{SEED_ENV}={seed}, round {round_no} of {ROUNDS}: {len(found)} problems; "
-            f"{faults_seen}\n" + "\n".join(found[:15])
+            f"{described}\n" + "\n".join(found[:15])
         )
