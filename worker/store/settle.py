@@ -20,7 +20,8 @@ holds the entries. One script run, in this order:
    the API's answer (the claimer, reserving them, finds them confirmed and settles them as
    duplicates without a request), and releases this settlement's own leases. The ownership
    check is also what makes a repeat harmless once its stored reply has expired: an applied
-   settlement's entries are no longer pending.
+   settlement's entries are no longer pending. (A settlement with no entry to acknowledge
+   has only the stored reply; no caller builds one with outcomes.)
 4. **Outcomes first, acknowledgement last:** dead letters and the reconcile record, then the
    dedupe memory, then the leases of the entries' own batches (``consumer|batch|``, never
    another batch's of this consumer), the stored reply, and ``XACK`` + ``XDEL`` last. So at
