@@ -144,6 +144,8 @@ async def _round(server: RedisServer, redis: Redis, prefix: str, rng: random.Ran
     return [*late, *problems(plan, books, api), described]
 
 
+# Each round is bounded on its own; a long replay (many rounds) must not trip the default.
+@pytest.mark.timeout(max(120.0, ROUNDS * (ROUND_S + STOP_S) + 30))
 async def test_random_redis_faults_lose_nothing_and_record_nothing_twice(
     redis_server: RedisServer, redis: Redis, prefix: str
 ) -> None:
