@@ -28,6 +28,7 @@ from chaos import (
     overload,
     poison,
     poller_crash,
+    redis_replies,
     redis_restart,
     security,
     shortfall_storm,
@@ -50,6 +51,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     poller_crash.SCENARIO,
     shortfall_storm.SCENARIO,
     accounts.SCENARIO,
+    redis_replies.SCENARIO,
 )
 DEFAULT_OUT = REPO / "docs" / "reliability.md"
 
