@@ -185,13 +185,19 @@ def problems(plan: Plan, books: Books, api: BookedApi) -> list[str]:
 
 def _misplaced(plan: Plan, books: Books, short: set[str]) -> list[str]:
     """Outcomes of the wrong kind: a rejected number not dead-lettered ``rejected`` only, a
-    short one not recorded short, a record naming neither a short number nor one another
-    record names (a duplicate of a number recorded short is sent again and may sink its
-    batch-mates' count; nothing else may)."""
+    good one dead-lettered at all (Redis faults are no fault of the number's), a short one not
+    recorded short, a record naming neither a short number nor one another record names (a
+    duplicate of a number recorded short is sent again and may sink its batch-mates' count;
+    nothing else may)."""
     found = [
         f"rejected {n} dead-lettered {sorted(books.dead_reasons.get(n, ()))}"
         for n in plan.reject
         if books.dead_reasons.get(n) != {"rejected"}
+    ]
+    found += [
+        f"good {n} dead-lettered {sorted(books.dead_reasons[n])}"
+        for n in plan.ok + plan.short
+        if n in books.dead_reasons
     ]
     found += [f"short {n} not recorded short" for n in plan.short if n not in short]
     for i, (batch_id, ids) in enumerate(books.records):
