@@ -31,7 +31,25 @@ pytestmark = pytest.mark.anyio
 
 SEED_ENV = "ACKWORKER_FAULT_SEED"
 ROUNDS = int(os.environ.get("ACKWORKER_FAULT_ROUNDS", "5"))
-
+PROFILES = {
+    "mild": {
+        "drop_p": (0.01, 0.06),
+        "cut_p": (0.0, 0.03),
+        "stall_p": (0.0, 0.1),
+        "stall_ms": (5, 80),
+    },
+    # Stalls near claim_idle_ms (1000 ms here) and many lost replies: a stress to run by hand.
+    "harsh": {
+        "drop_p": (0.05, 0.15),
+        "cut_p": (0.0, 0.05),
+        "stall_p": (0.0, 0.05),
+        "stall_ms": (800, 1600),
+    },
+}
+PROFILE = os.environ.get("ACKWORKER_FAULT_PROFILE", "mild")
+"""Fault ranges each round draws from: ``mild`` (the default, in ``make test``) or ``harsh``."""
+ROUND_S = 20.0 if PROFILE == "mild" else 45.0
+"""Deadline for one round's backlog to settle."""
 STOP_S = 15.0
 """Most a round may take beyond ROUND_S: its workers drained and stopped."""
 
@@ -89,27 +107,6 @@ async def test_a_lost_settle_reply_still_records_each_outcome_once(
 def _seed() -> int:
     text = os.environ.get(SEED_ENV, "")
     return int(text) if text else random.SystemRandom().randrange(2**32)
-
-
-PROFILES = {
-    "mild": {
-        "drop_p": (0.01, 0.06),
-        "cut_p": (0.0, 0.03),
-        "stall_p": (0.0, 0.1),
-        "stall_ms": (5, 80),
-    },
-    # Stalls near claim_idle_ms (1000 ms here) and many lost replies: a stress to run by hand.
-    "harsh": {
-        "drop_p": (0.05, 0.15),
-        "cut_p": (0.0, 0.05),
-        "stall_p": (0.0, 0.05),
-        "stall_ms": (800, 1600),
-    },
-}
-PROFILE = os.environ.get("ACKWORKER_FAULT_PROFILE", "mild")
-"""Fault ranges each round draws from: ``mild`` (the default, in ``make test``) or ``harsh``."""
-ROUND_S = 20.0 if PROFILE == "mild" else 45.0
-"""Deadline for one round's backlog to settle."""
 
 
 def _faults(rng: random.Random) -> dict[str, float]:
