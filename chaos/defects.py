@@ -26,7 +26,10 @@ FIXED_DEFECTS = (
     " came back without its consumer group (worker/store/source.py recreates it); after a long"
     " Redis outage, leases of abandoned batches were kept alive and blocked the entries"
     " claimed back (the lease renewer extends only leases of batches still held); a TLS"
-    " certificate failure dead-lettered items as retries_exhausted (now fatal: held)."
+    " certificate failure dead-lettered items as retries_exhausted (now fatal: held); an API"
+    " outage dead-lettered the backlog as retries_exhausted (now a fleet-wide pause with"
+    " probes, scenario 14); a lost settle reply wrote a second dead letter or reconcile record"
+    " (settling is now idempotent and checks ownership, scenario 13)."
 )
 
 

@@ -11,6 +11,7 @@ with a deadline, and every loop is bounded by one.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import zlib
@@ -21,7 +22,7 @@ from typing import Any
 import psutil
 import redis
 
-from worker.dev import sandbox
+from worker.dev import faultproxy, sandbox
 from worker.dev.sandbox import MOCK_API, Child, ChildOptions, Children, MockApiProcess, RedisServer
 
 # Re-exported: the rest of the package imports them from here.
@@ -161,6 +162,41 @@ def worker_env(
     }
     values.update(extra)
     return clean_env(**values)
+
+
+_PROXY_LISTENING = re.compile(r"faultproxy listening on ([\d.]+):(\d+) admin ([\d.]+):(\d+)")
+
+
+class ProxyProc:
+    """``python -m worker.dev.faultproxy`` in front of ``target`` (``HOST:PORT`` or a URL),
+    a child of ``stage``; :meth:`control` changes its faults and reads its counters."""
+
+    def __init__(self, stage: Stage, target: str, *, seed: int = 0) -> None:
+        address = target.split("://", 1)[-1].split("/", 1)[0]
+        args = [PYTHON, "-m", "worker.dev.faultproxy", "--seed", str(seed), "--target", address]
+        self.child = stage.start("faultproxy", args, clean_env())
+        found = self.child.wait_ready(
+            lambda: _PROXY_LISTENING.search(self.child.output()),
+            timeout_s=20,
+            what="faultproxy listening",
+        )
+        self.host, self.port = found.group(1), int(found.group(2))
+        self.admin = (found.group(3), int(found.group(4)))
+
+    @property
+    def redis_url(self) -> str:
+        """A Redis URL through the proxy."""
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def http_url(self) -> str:
+        """An HTTP endpoint through the proxy."""
+        return f"http://{self.host}:{self.port}"
+
+    def control(self, **request: Any) -> dict[str, Any]:
+        """One admin request (``faults=...``, ``next=[...]``); the proxy's counters."""
+        answer: dict[str, Any] = faultproxy.control(self.admin, request)
+        return answer
 
 
 class Stage(Children):

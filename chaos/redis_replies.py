@@ -19,17 +19,13 @@ record written twice; nothing pending in the group and no lease left in
 from __future__ import annotations
 
 import json
-import re
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from chaos.common import Rig, Timer, expect_invariant, no_tracebacks, start_rig, stop_cleanly
-from chaos.procs import ChaosError, Stage, WorkerProc, clean_env, enqueue, numbers, worker_env
+from chaos.procs import ProxyProc, Stage, WorkerProc, enqueue, numbers, worker_env
 from chaos.report import Mode, Outcome, Scenario
-from worker.dev.faultproxy import control
-from worker.dev.sandbox import poll
 
 SIZES = {"full": 4000, "reduced": 400}
 STRANGERS = 10
@@ -47,28 +43,6 @@ TARGETED = [
 """Besides the random faults: the replies to the first two settle calls that write a dead
 letter (``invalid_id``) and the first two that write a reconcile record (``shortfall``) are
 lost (one dropped, one cut), so every run tests the writes a repeat could double."""
-_LISTENING = re.compile(r"faultproxy listening on ([\d.]+):(\d+) admin ([\d.]+):(\d+)")
-
-
-class Proxy:
-    """The proxy child in front of the rig's redis-server, and its admin port."""
-
-    def __init__(self, rig: Rig) -> None:
-        args = [sys.executable, "-m", "worker.dev.faultproxy", "--seed", str(SEED)]
-        args += ["--target", f"127.0.0.1:{rig.redis.port}"]
-        self.child = rig.stage.start("faultproxy", args, clean_env())
-        found = poll(
-            lambda: _LISTENING.search(self.child.output()),
-            timeout_s=20,
-            what="faultproxy listening",
-            error=ChaosError,
-        )
-        self.url = f"redis://{found.group(1)}:{found.group(2)}/0"
-        self.admin = (found.group(3), int(found.group(4)))
-
-    def control(self, **request: Any) -> dict[str, Any]:
-        answer: dict[str, Any] = control(self.admin, request)
-        return answer
 
 
 def _push(rig: Rig, seeded: list[str], strangers: list[str]) -> None:
@@ -135,12 +109,12 @@ def run(outcome: Outcome, workdir: Path, mode: Mode) -> None:
     )
     with Stage(workdir) as stage:
         rig = start_rig(stage, "--latency-ms", "20")
-        proxy = Proxy(rig)
+        proxy = ProxyProc(rig.stage, f"127.0.0.1:{rig.redis.port}", seed=SEED)
         workers = [
             stage.worker(
                 name,
                 worker_env(
-                    proxy.url, rig.prefix, rig.api.url, name, ACKWORKER_BATCH_SIZE=str(BATCH)
+                    proxy.redis_url, rig.prefix, rig.api.url, name, ACKWORKER_BATCH_SIZE=str(BATCH)
                 ),
             )
             for name in ("w1", "w2")

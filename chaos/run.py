@@ -25,6 +25,7 @@ from chaos import (
     clock_skew,
     crash,
     credentials,
+    outage,
     overload,
     poison,
     poller_crash,
@@ -52,6 +53,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     shortfall_storm.SCENARIO,
     accounts.SCENARIO,
     redis_replies.SCENARIO,
+    outage.SCENARIO,
 )
 DEFAULT_OUT = REPO / "docs" / "reliability.md"
 

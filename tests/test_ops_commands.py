@@ -24,6 +24,7 @@ from worker.store.enqueue import enqueue
 from worker.store.heartbeat import Heartbeat
 from worker.store.keys import Keys
 from worker.store.limiter import RateLimiter
+from worker.store.outage import OutageRule
 
 pytestmark = pytest.mark.anyio
 
@@ -373,3 +374,23 @@ def test_bad_arguments_exit_2_with_one_line(
     assert done.stderr.count("\n") == 1
     assert shown in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_status_shows_an_outage_pause(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    limiter = RateLimiter(redis, keys.limiter, 10.0, outage=OutageRule(after_s=0.05))
+
+    async def down() -> bool:
+        return (await limiter.call("unreachable")).state in ("started", "down")
+
+    await wait_for(down, what="the account paused")
+    code, out, err = await ackworker(redis_server, prefix, "status", "--json")
+    assert code == 0, err
+    outage = json.loads(out)["rate_limit"]["outage"]
+    assert outage["probes"] == 0
+    assert 0 <= outage["since_s_ago"] < 10
+    assert 0 < outage["next_probe_in_s"] <= 5
+    code, out, err = await ackworker(redis_server, prefix, "status")
+    assert "sending paused fleet-wide, 0 probe(s) so far" in out

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import anyio
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.conftest import RedisServer
 from tests.harness import (
@@ -22,6 +23,7 @@ from tests.harness import (
 )
 from worker.api.client import AckResult
 from worker.entries import DEFAULT_ACCOUNT, Entry
+from worker.pipeline.runner import Worker
 from worker.store.enqueue import InvalidIdError, enqueue
 from worker.store.keys import Keys
 from worker.store.settle import Settler
@@ -214,3 +216,37 @@ async def test_a_hand_back_releases_only_its_own_batchs_lease(redis: Redis, pref
     assert moved == 2
     leases = await redis.hgetall(keys.inflight)  # type: ignore[misc]
     assert leases == {b"n1": b"c1|b1|99999999999999"}  # b1's request still owns n1
+
+
+async def test_a_batch_abandoned_on_redis_keeps_what_its_recheck_holds(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    seconds, _ = await redis.time()
+    # busy1 is in flight on another replica for a moment longer; go1 is free.
+    lease = f"other|b9|{(seconds + 2) * 1000}"
+    await redis.hset(keys.inflight, mapping={"busy1": lease})  # type: ignore[misc]
+    await enqueue(redis, keys, ["busy1", "go1"])
+
+    def behave(ids: Sequence[str], n: int) -> AckResult:
+        if n == 1:
+            raise RedisConnectionError("Connection closed by server.")  # Redis lost mid-batch
+        return AckResult(len(ids), f"req-{n}")
+
+    api = ScriptedApi(behave)
+    settings = make_settings(redis_server.url, prefix, linger_ms=100)
+    async with running_worker(settings, redis, api) as worker:
+        holdings = worker.lanes[DEFAULT_ACCOUNT].holdings
+
+        async def abandoned() -> bool:
+            return len(api.calls) >= 1 and "go1" not in {e.number for e in holdings.held()}
+
+        await wait_for(abandoned, what="the batch abandoned")
+        # The recheck of busy1 still holds it: the lease renewer keeps it from a claim.
+        assert [e.number for e in holdings.held()] == ["busy1"]
+        await wait_for(lambda: _confirmed(worker, 1), what="busy1 confirmed by its recheck")
+    assert api.calls[-1] == ["busy1"]
+
+
+async def _confirmed(worker: Worker, count: int) -> bool:
+    return worker.totals.confirmed >= count

@@ -24,6 +24,7 @@ from worker.config.settings import (
     mask_url_password,
 )
 from worker.errors import ConfigError
+from worker.store.keys import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config" / "ackworker.toml"
@@ -130,6 +131,8 @@ GOOD = [
     ("redis_url", "unix:///run/redis.sock?db=1", "unix:///run/redis.sock?db=1"),
     ("redis_url", "redis://[::1]:6379", "redis://[::1]:6379"),
     ("key_prefix", "{ack}:v1.x-y_z", "{ack}:v1.x-y_z"),
+    ("key_prefix", "{ack}", "{ack}"),
+    ("key_prefix", "ack", "ack"),
     ("consumer", "worker-7", "worker-7"),
     ("endpoint", "http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
     ("signature", "v1", "v1"),
@@ -195,6 +198,15 @@ BAD = [
     ("key_prefix", "a b"),
     ("key_prefix", "x" * 65),
     ("key_prefix", "ä"),
+    # Braces other than one non-empty {tag} spread the keys over cluster slots (CROSSSLOT).
+    ("key_prefix", "{}"),
+    ("key_prefix", "}x{"),
+    ("key_prefix", "{}{}"),
+    ("key_prefix", "{a}{"),
+    ("key_prefix", "x{}"),
+    ("key_prefix", "{a}{b}"),
+    ("key_prefix", "a}"),
+    ("key_prefix", "{a"),
     ("consumer", ""),
     ("consumer", "a b"),
     ("consumer", "c" * 129),
@@ -232,6 +244,10 @@ BAD = [
     ("rate_limit", "fast"),
     ("max_attempts", "0"),
     ("max_attempts", "101"),
+    ("retry_budget_s", "-1"),
+    ("retry_budget_s", "86401"),
+    ("outage_after_s", "0"),
+    ("outage_after_s", "3601"),
     ("claim_idle_ms", "999"),
     ("claim_idle_ms", "86400001"),
     ("dedupe_ttl_s", "-1"),
@@ -511,6 +527,24 @@ def test_check_config_bad_value_exits_2_with_one_line() -> None:
     assert result.stderr.splitlines() == [
         "ackworker: ACKWORKER_BATCH_SIZE='0' is out of range: must be an integer from 1 to 1000"
     ]
+
+
+@pytest.mark.parametrize("prefix", ["{}", "}x{", "{}{}", "{a}{", "x{}"])
+def test_check_config_refuses_a_prefix_without_one_hash_tag(prefix: str) -> None:
+    result = run_check_config({"ACKWORKER_KEY_PREFIX": prefix, "ACKWORKER_REDIS_CLUSTER": "true"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"ackworker: ACKWORKER_KEY_PREFIX={prefix!r} has ")
+    assert "hash tag" in line
+
+
+def test_cluster_keys_refuse_a_prefix_without_one_hash_tag() -> None:
+    assert Keys.for_prefix("{ack}", cluster=True).tasks == "{ack}:tasks"
+    assert Keys.for_prefix("ack", cluster=True).dead == "{ack}:dead"
+    for prefix in ("{}", "}x{", "{}{}", "{a}{", "x{}"):
+        with pytest.raises(ConfigError, match="hash tag"):
+            Keys.for_prefix(prefix, cluster=True)
 
 
 def test_check_config_prints_masked_settings() -> None:

@@ -53,8 +53,9 @@ class Totals:
     senders spent waiting for rate-limit slots, ``fleet_pauses`` the throttling answers that
     paused the fleet, ``outage_wait_s`` the seconds senders spent held by an outage pause,
     ``probes`` the requests this process sent as the fleet's probe of an endpoint away,
-    ``not_owned`` entries this process settled after they had been claimed by another consumer
-    (their outcomes left to it).
+    ``vanished`` the pending entries deleted or trimmed from a stream before they were
+    settled (found when claiming), ``not_owned`` the entries this process settled after
+    another consumer had claimed them (their outcomes left to it).
     """
 
     batches: int = 0
@@ -64,6 +65,7 @@ class Totals:
     shortfall: int = 0
     overcount: int = 0
     handed_back: int = 0
+    vanished: int = 0
     not_owned: int = 0
     dead: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
@@ -95,6 +97,7 @@ class Totals:
             "shortfall": self.shortfall,
             "overcount": self.overcount,
             "handed_back": self.handed_back,
+            "vanished": self.vanished,
             "not_owned": self.not_owned,
             "dead": dict(self.dead),
             "dead_total": sum(self.dead.values()),

@@ -34,18 +34,12 @@ from worker.config.settings import Settings
 from worker.entries import is_valid_id
 from worker.errors import ConfigError
 from worker.logs import get_logger
+from worker.reasons import REASONS
 from worker.store.connection import RedisClient, redis_now_ms, register_script
 from worker.store.keys import Keys
 
 log = get_logger("dead")
 
-REASONS = (
-    "invalid_id",
-    "rejected",
-    "retries_exhausted",
-    "redelivered_too_often",
-    "unconfirmed",
-)
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _DURATION = re.compile(r"([0-9]{1,9})([smhdw])")
 _ERROR_SHOWN = 60

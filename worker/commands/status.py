@@ -112,9 +112,11 @@ async def _rate_limit(redis: RedisClient, key: str, limit_rps: float) -> dict[st
     """The limiter hash ``key`` as it stands; times are µs on Redis's clock (see
     worker.store.limiter)."""
     now_us = await redis_now_ms(redis, key) * 1000
-    reply: Any = redis.hmget(key, ["tat", "rate", "updated", "last_cut"])
+    reply: Any = redis.hmget(
+        key, ["tat", "rate", "updated", "last_cut", "down", "probes", "probe_at"]
+    )
     raw: list[bytes | None] = await reply
-    tat, rate, updated, last_cut = (float(x) if x else None for x in raw)
+    tat, rate, updated, last_cut, down, probes, probe_at = (float(x) if x else None for x in raw)
     return {
         "limit_rps": limit_rps,
         # The rate as of the fleet's last request (the workers' limit may differ from this
@@ -125,6 +127,14 @@ async def _rate_limit(redis: RedisClient, key: str, limit_rps: float) -> dict[st
         "pause_s": round(max(0.0, (tat or 0.0) - now_us) / 1e6, 3),
         "updated_s_ago": _ago_s(updated, now_us),
         "throttled_s_ago": _ago_s(last_cut or None, now_us),
+        # The endpoint is away: the fleet sends nothing but one probe at a time.
+        "outage": None
+        if not down
+        else {
+            "since_s_ago": _ago_s(down, now_us),
+            "probes": int(probes or 0),
+            "next_probe_in_s": round(max(0.0, (probe_at or 0.0) - now_us) / 1e6, 3),
+        },
     }
 
 
@@ -178,6 +188,15 @@ def _rate_lines(accounts: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
         if "backlog" in rl:
             text = f"backlog {rl['backlog']} ({rl['pending']} pending), " + text
         lines.append((label, text))
+        outage = rl["outage"]
+        if outage is not None:
+            lines.append(
+                (
+                    "outage" if len(accounts) == 1 else f"outage {name}",
+                    f"endpoint away for {outage['since_s_ago']}s: sending paused fleet-wide, "
+                    f"{outage['probes']} probe(s) so far, next in {outage['next_probe_in_s']}s",
+                )
+            )
     return lines
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from worker.store.keys import prefix_brace_problem
+
 
 class Invalid(Exception):
     """A value failed a check; ``args[0]`` completes ``<where>=<value> ...``."""
@@ -103,9 +105,13 @@ def _split_url(url: str, schemes: tuple[str, ...]) -> SplitResult:
 
 
 def check_key_prefix(value: str) -> str:
-    """1 to 64 characters usable in a Redis key and a cluster hash tag."""
+    """1 to 64 characters usable in a Redis key, with braces only as one non-empty hash tag
+    (``{ack}``, ``{ack}:v2``): any other braces would put its keys in different cluster slots."""
     if not re.fullmatch(r"[A-Za-z0-9_.:{}-]{1,64}", value):
         raise Invalid("is not valid")
+    problem = prefix_brace_problem(value)
+    if problem is not None:
+        raise Invalid(problem)
     return value
 
 

@@ -7,8 +7,9 @@ the reply chunk, then both close) or ``stall`` (the reply is held ``stall_ms`` m
 strike with seeded probabilities (:class:`Faults`) or once, on the next request containing
 some bytes (:meth:`FaultProxy.next`: "drop the reply to the next EVALSHA"). ``refuse``
 closes the listener and every connection, and listens on the same port once cleared;
-``reset`` accepts connections and resets them. Bounded: ``max_connections`` at a time (more
-are reset), one ``CHUNK_BYTES`` chunk in hand per direction and connection.
+``reset`` closes every connection and resets each new one as it is accepted. Bounded:
+``max_connections`` at a time (more are reset), one ``CHUNK_BYTES`` chunk in hand per
+direction and connection.
 
 In-process: ``async with fault_proxy(host, port) as proxy``. A child process,
 ``python -m worker.dev.faultproxy --target HOST:PORT``, prints ``faultproxy listening on
@@ -123,6 +124,8 @@ class FaultProxy:
             self.stats.refused_periods += 1
             self._listening = anyio.Event()
             self._listen_scope.cancel()
+        if (self.faults.refuse and not before.refuse) or (self.faults.reset and not before.reset):
+            # Whatever the client holds open goes too: the way to the target is gone.
             for link in list(self._links):
                 link.scope.cancel()
         log.info("faultproxy.faults", **dataclasses.asdict(self.faults))

@@ -59,6 +59,11 @@ class WorkerCollector:
             value=t.overcount,
         )
         yield CounterMetricFamily("ackworker_batches", "Batches settled.", value=t.batches)
+        yield CounterMetricFamily(
+            "ackworker_vanished_items",
+            "Pending entries deleted or trimmed from a stream before they were settled.",
+            value=t.vanished,
+        )
 
     def _requests(self) -> Iterator[Metric]:
         t = self._view.totals

@@ -14,7 +14,7 @@ finished, immutable lanes, and :class:`~worker.pipeline.runner.Worker` only runs
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import anyio
@@ -32,6 +32,7 @@ from worker.pipeline.verify import Verifier
 from worker.retry import RetryPolicy
 from worker.store.connection import RedisClient
 from worker.store.dedupe import Dedupe, DedupeConfig
+from worker.store.housekeeping import Housekeeper, HousekeepingConfig, watched_streams
 from worker.store.keys import Keys
 from worker.store.leases import LeaseRenewer
 from worker.store.limiter import RateLimiter
@@ -90,6 +91,15 @@ class Lane:
 def is_routed(settings: Settings) -> bool:
     """True with several accounts: a router moves each entry to its account's stream."""
     return len(settings.account_names) > 1
+
+
+def build_housekeeper(settings: Settings, parts: WorkerParts, lanes: Iterable[Lane]) -> Housekeeper:
+    """The housekeeper of the input stream and each lane's (the streams of drained accounts
+    are added with :meth:`~worker.store.housekeeping.Housekeeper.watch` once known)."""
+    p = parts
+    streams = watched_streams(p.keys.input, *(lane.keys.tasks for lane in lanes))
+    config = HousekeepingConfig(settings.consumer, streams, settings.claim_idle_ms)
+    return Housekeeper(p.redis, p.keys, config, p.clock)
 
 
 def build_source(

@@ -34,6 +34,7 @@ from worker.pipeline.reconciler import (
 )
 from worker.pipeline.sendgate import SendGate
 from worker.pipeline.verify import Verifier
+from worker.reasons import DeadReason
 from worker.retry import ApiRetry, RetryBudget, RetryPolicy
 from worker.store.connection import REDIS_ERRORS
 from worker.store.dedupe import Dedupe, Reservation
@@ -106,7 +107,23 @@ class Processor:
         self._d = deps
 
     async def process(self, batch: Batch) -> None:
-        """Reserve, send and settle ``batch``; log one ``batch.settled``."""
+        """Reserve, send and settle ``batch``; log one ``batch.settled``.
+
+        A Redis failure is raised (the runner logs ``batch.abandoned``) after this process
+        forgets the entries it was still responsible for: they stay pending and are claimed
+        later. Entries handed to a recheck are not among them: the recheck still works on
+        them, and the lease renewer must go on keeping them ours.
+        """
+        deferred: list[str] = []
+        try:
+            await self._process(batch, deferred)
+        except REDIS_ERRORS:
+            handed = set(deferred)
+            mine = [e for n, group in batch.groups.items() if n not in handed for e in group]
+            self._d.holdings.discard(mine)
+            raise
+
+    async def _process(self, batch: Batch, deferred: list[str]) -> None:
         d = self._d
         report = BatchReport(batch.batch_id, batch.size, d.clock.monotonic(), batch.account)
         statuses = await d.dedupe.reserve(batch.numbers, batch.digests(), batch.batch_id)
@@ -117,6 +134,7 @@ class Processor:
             await self._settle_duplicates(batch.subset(by_status[Reservation.CONFIRMED]), report)
         if by_status[Reservation.BUSY]:
             # Another request carries these numbers right now; decide once it has settled.
+            deferred += by_status[Reservation.BUSY]
             self._defer(batch, by_status[Reservation.BUSY], report)
         if by_status[Reservation.GO]:
             go = batch.subset(by_status[Reservation.GO])
@@ -340,4 +358,6 @@ def _followup_failed(batch: Batch, step: str, exc: BaseException) -> None:
 
 
 def _dead_reason(exc: ApiError) -> str:
-    return "rejected" if isinstance(exc, PermanentApiError) else "retries_exhausted"
+    if isinstance(exc, PermanentApiError):
+        return DeadReason.REJECTED
+    return DeadReason.RETRIES_EXHAUSTED

@@ -21,6 +21,7 @@ import orjson
 from worker.entries import Batch
 from worker.logs import get_logger
 from worker.pipeline.verify import Check
+from worker.reasons import DeadReason
 from worker.store.settle import Settlement, leases_of
 from worker.store.source import entry_dead_letter
 from worker.totals import Totals
@@ -155,7 +156,7 @@ class Resolution:
     elsewhere: int = 0
     rounds: int = 0
     verified: bool = False
-    dead_reason: str = "unconfirmed"
+    dead_reason: str = DeadReason.UNCONFIRMED.value
     dead_error: str = ""
 
     @classmethod

@@ -28,7 +28,14 @@ from worker.logs import get_logger
 from worker.observe.launch import start_watching
 from worker.observe.view import Gate, Gates, WorkerView, paused_accounts
 from worker.pipeline.intake import Intake, IntakeConfig
-from worker.pipeline.lanes import Lane, WorkerParts, build_lanes, build_source, is_routed
+from worker.pipeline.lanes import (
+    Lane,
+    WorkerParts,
+    build_housekeeper,
+    build_lanes,
+    build_source,
+    is_routed,
+)
 from worker.pipeline.router import Router, orphaned_accounts
 from worker.retry import redis_backoff_s
 from worker.store.connection import REDIS_ERRORS
@@ -54,6 +61,7 @@ class Worker:
         self._pipeline_tg: TaskGroup | None = None
         self._orphans: list[str] = []
         self._lanes = build_lanes(settings, parts, self.totals, self._spawn_recheck)
+        self._housekeeper = build_housekeeper(settings, parts, self._lanes.values())
 
     @property
     def lanes(self) -> Mapping[str, Lane]:
@@ -121,6 +129,7 @@ class Worker:
                     await tg.start(self._heartbeat().run)
                     for lane in self._lanes.values():
                         tg.start_soon(lane.renewer.run)
+                    tg.start_soon(self._housekeeper.run)
                     log.info("worker.started", consumer=self._s.consumer, **self._public_settings())
                     task_status.started()
                     if not self._stop.is_stopping:
@@ -162,6 +171,7 @@ class Worker:
         p = self._p
         routed = self._s.account_names if is_routed(self._s) else ()
         self._orphans = await orphaned_accounts(p.redis, p.keys, routed)
+        self._housekeeper.watch(p.keys.account_stream(a) for a in self._orphans)
 
     async def _pipeline(self) -> None:
         s = self._s
@@ -229,13 +239,13 @@ class Worker:
     ) -> None:
         """Run ``work`` on ``batch``; a Redis failure abandons the batch, never the worker.
 
-        Its entries stay pending in this consumer's PEL; after claim_idle_ms another
-        consumer (or this one) claims them again.
+        The processor has already forgotten the entries it gave up (not those a recheck
+        still works on); they stay pending in this consumer's PEL, and after claim_idle_ms
+        another consumer (or this one) claims them again.
         """
         try:
             await work(batch)
         except REDIS_ERRORS as exc:
-            lane.holdings.discard(batch.entries())
             log.error(
                 "batch.abandoned",
                 batch_id=batch.batch_id,
@@ -267,6 +277,8 @@ class Worker:
                 else:
                     lane.holdings.discard(unsent)
                     self.totals.handed_back += moved
+            # Last, once nothing unsent is pending: else every restart adds a consumer for ever.
+            await self._housekeeper.remove_self()
         log.info(
             "worker.stopped",
             consumer=self._s.consumer,

@@ -1,7 +1,10 @@
 """Every Redis key ackworker uses, named in one place.
 
 With ``cluster=True`` the prefix is wrapped in a ``{...}`` hash tag so that every key of a
-prefix lands in one hash slot and Lua scripts may touch several of them.
+prefix lands in one hash slot and Lua scripts may touch several of them. Redis hashes only the
+text between a key's first ``{`` and the first ``}`` after it, when that text is not empty; so
+a prefix may hold braces only as one non-empty ``{tag}`` (:func:`prefix_brace_problem`), or
+its keys would land in different slots and every multi-key script fail with CROSSSLOT.
 """
 
 from __future__ import annotations
@@ -9,6 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from worker.entries import DEFAULT_ACCOUNT
+from worker.errors import ConfigError
+
+
+def prefix_brace_problem(prefix: str) -> str | None:
+    """Why the braces of ``prefix`` would not give all its keys one hash tag; None when it
+    has no braces or exactly one ``{tag}`` pair with a non-empty tag."""
+    opens, closes = prefix.count("{"), prefix.count("}")
+    if opens == closes == 0:
+        return None
+    if opens != 1 or closes != 1 or prefix.index("{") > prefix.index("}"):
+        return "has braces that are not one {tag} pair (a hash tag must be a single {...})"
+    if "{}" in prefix:
+        return "has an empty hash tag {}, which Redis Cluster ignores"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +42,14 @@ class Keys:
 
     @classmethod
     def for_prefix(cls, prefix: str, *, cluster: bool = False) -> Keys:
-        """Keys for ``prefix``; in cluster mode the prefix becomes a hash tag."""
+        """Keys for ``prefix``; in cluster mode the prefix becomes a hash tag.
+
+        Raises :class:`~worker.errors.ConfigError` when its braces would spread the keys over
+        several cluster slots (see :func:`prefix_brace_problem`).
+        """
+        problem = prefix_brace_problem(prefix)
+        if problem is not None:
+            raise ConfigError(f"key prefix {prefix!r} {problem}")
         if cluster and not (prefix.startswith("{") and prefix.endswith("}")):
             prefix = "{" + prefix + "}"
         return cls(prefix)

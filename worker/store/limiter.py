@@ -113,7 +113,8 @@ elseif op == 'unreachable' then
     state = 'down'
   else
     -- A failure long after the last one starts a new window: an hour-old reset says nothing.
-    if failing == 0 or now - last_fail > after then failing = now end
+    -- "Long" outlasts the longest retry back-off (30 s), so a batch's own retries never do.
+    if failing == 0 or now - last_fail > math.max(after, 60000000) then failing = now end
     if now - failing >= after and answered < failing then
       state, down, probes, down_for = 'started', now, 0, 0
       probe_at = now + probe_base

@@ -19,6 +19,7 @@ from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
 from worker.entries import DEFAULT_ACCOUNT, Entry, InvalidEntry, RawFields, parse_row
 from worker.errors import clip, describe
 from worker.logs import get_logger
+from worker.reasons import DeadReason
 from worker.retry import redis_backoff_s
 from worker.store.connection import REDIS_ERRORS, RedisClient
 from worker.store.keys import Keys
@@ -26,6 +27,8 @@ from worker.store.settle import Settlement, Settler
 from worker.totals import Totals
 
 log = get_logger("source")
+
+VANISHED_SHOWN = 20  # ids listed in one item.vanished event; ``count`` has them all
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +58,7 @@ def invalid_dead_letter(bad: InvalidEntry, at: str) -> dict[str, str]:
     """The dead letter of an entry without a valid id."""
     return {
         "id": "",
-        "reason": "invalid_id",
+        "reason": str(DeadReason.INVALID_ID),
         "error": bad.error,
         "attempts": "0",
         "source": bad.entry_id.decode(),
@@ -70,7 +73,7 @@ def entry_dead_letter(
     """The dead letter of a valid entry (one per number)."""
     record = {
         "id": entry.number,
-        "reason": reason,
+        "reason": str(reason),  # a DeadReason stored as its plain value
         "error": error,
         "attempts": str(attempts),
         "source": entry.entry_id.decode(),
@@ -151,6 +154,10 @@ class StreamSource:
             count=count,
         )
         self._claim_cursor = _as_str(reply[0])
+        # Redis 7 adds a third element: ids deleted or trimmed while pending, which it has
+        # dropped from the PEL. Redis 6.2 replies with two.
+        if len(reply) > 2 and reply[2]:
+            self._vanished(reply[2])
         claimed: list[tuple[bytes, RawFields | None]] = [r for r in reply[1] if r[0] not in held]
         if not claimed:
             return []
@@ -161,6 +168,14 @@ class StreamSource:
             (i, [x for kv in (f or {}).items() for x in kv]) for i, f in claimed if i in deliveries
         ]
         return await self._accept(rows, deliveries)
+
+    def _vanished(self, ids: Sequence[bytes | str]) -> None:
+        """Pending entries someone deleted or trimmed (XDEL, MAXLEN, a purge): their numbers
+        reached no outcome here, so say so once, loudly, instead of letting them go silently.
+        Their leases, if any, are unknown (only ids are left) and end with the lease time."""
+        self._totals.vanished += len(ids)
+        shown = [_as_str(i) for i in ids[:VANISHED_SHOWN]]
+        log.warning("item.vanished", count=len(ids), ids=shown, stream=self._keys.tasks)
 
     async def _deliveries(self, ids: Sequence[bytes]) -> dict[bytes, int]:
         """Delivery count of each claimed id, looked up exactly (one XPENDING per id, in
@@ -195,16 +210,18 @@ class StreamSource:
             elif parsed.account not in self._config.accounts:
                 known = ", ".join(sorted(self._config.accounts))
                 error = f"account {parsed.account[:64]!r} is not configured (known: {known})"
-                settlement.dead.append(entry_dead_letter(parsed, "unknown_account", error, 0, at))
+                reason = DeadReason.UNKNOWN_ACCOUNT
+                settlement.dead.append(entry_dead_letter(parsed, reason, error, 0, at))
                 settlement.ack.append(entry_id)
-                log.warning("item.dead", id=parsed.number, reason="unknown_account")
+                log.warning("item.dead", id=parsed.number, reason=reason)
             elif parsed.delivered > self._config.max_attempts:
                 error = f"delivered {parsed.delivered} times, limit {self._config.max_attempts}"
-                record = entry_dead_letter(parsed, "redelivered_too_often", error, 0, at)
+                reason = DeadReason.REDELIVERED_TOO_OFTEN
+                record = entry_dead_letter(parsed, reason, error, 0, at)
                 record["attempts"] = str(parsed.delivered)
                 settlement.dead.append(record)
                 settlement.ack.append(entry_id)
-                log.warning("item.dead", id=parsed.number, reason="redelivered_too_often")
+                log.warning("item.dead", id=parsed.number, reason=reason)
             else:
                 good.append(parsed)
         # Not applied when another consumer claimed one of these entries meanwhile: that one
