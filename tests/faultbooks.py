@@ -159,7 +159,7 @@ def problems(plan: Plan, books: Books, api: BookedApi) -> list[str]:
         ]
         if len(places) != 1:
             found.append(f"{number} is {' and '.join(places) or 'nowhere'}")
-    found += _misplaced(plan, books, short)
+    found += _misplaced(plan, books, api, short)
     found += [
         f"dead letter of {n} from entry {s} written {c} times"
         for (n, s), c in books.dead.items()
@@ -183,15 +183,22 @@ def problems(plan: Plan, books: Books, api: BookedApi) -> list[str]:
     return found
 
 
-def _misplaced(plan: Plan, books: Books, short: set[str]) -> list[str]:
+def _misplaced(plan: Plan, books: Books, api: BookedApi, short: set[str]) -> list[str]:
     """Outcomes of the wrong kind: a rejected number not dead-lettered ``rejected`` only, a
-    short one not recorded short, a record naming neither a short number nor one another
-    record names (a duplicate of a number recorded short is sent again and may sink its
-    batch-mates' count; nothing else may)."""
+    good one dead-lettered at all (Redis faults are no fault of the number's), a short one not
+    recorded short, a record naming neither a short number nor one another record names (a
+    duplicate of a number recorded short is sent again and may sink its batch-mates' count;
+    nothing else may)."""
     found = [
         f"rejected {n} dead-lettered {sorted(books.dead_reasons.get(n, ()))}"
         for n in plan.reject
         if books.dead_reasons.get(n) != {"rejected"}
+    ]
+    found += [
+        f"good {n} dead-lettered {sorted(books.dead_reasons[n])}"
+        f" ({'confirmed' if n in api.confirmed else 'never confirmed'} at the API)"
+        for n in plan.ok + plan.short
+        if n in books.dead_reasons
     ]
     found += [f"short {n} not recorded short" for n in plan.short if n not in short]
     for i, (batch_id, ids) in enumerate(books.records):

@@ -4,7 +4,8 @@ checks are in tests/faultbooks.py.
 
 The randomized run is seeded: ``ACKWORKER_FAULT_SEED=<n>`` replays a run (a fresh seed is
 drawn otherwise, and every failure message names it); ``ACKWORKER_FAULT_ROUNDS`` sets how
-many rounds (5 by default), each bounded by :data:`ROUND_S`.
+many rounds (5 by default), each bounded by :data:`ROUND_S`; ``ACKWORKER_FAULT_PROFILE``
+picks the fault ranges (:data:`PROFILES`: ``mild`` by default, ``harsh`` by hand).
 """
 
 from __future__ import annotations
@@ -30,9 +31,27 @@ pytestmark = pytest.mark.anyio
 
 SEED_ENV = "ACKWORKER_FAULT_SEED"
 ROUNDS = int(os.environ.get("ACKWORKER_FAULT_ROUNDS", "5"))
-ROUND_S = 20.0
-"""Deadline of one round: its backlog settled, then its worker stopped."""
+PROFILES = {
+    "mild": {
+        "drop_p": (0.01, 0.06),
+        "cut_p": (0.0, 0.03),
+        "stall_p": (0.0, 0.1),
+        "stall_ms": (5, 80),
+    },
+    # Stalls near claim_idle_ms (1000 ms here) and many lost replies: a stress to run by hand.
+    "harsh": {
+        "drop_p": (0.05, 0.15),
+        "cut_p": (0.0, 0.05),
+        "stall_p": (0.0, 0.05),
+        "stall_ms": (800, 1600),
+    },
+}
+PROFILE = os.environ.get("ACKWORKER_FAULT_PROFILE", "mild")
+"""Fault ranges each round draws from: ``mild`` (the default, in ``make test``) or ``harsh``."""
+ROUND_S = 20.0 if PROFILE == "mild" else 45.0
+"""Deadline for one round's backlog to settle."""
 STOP_S = 15.0
+"""Most a round may take beyond ROUND_S: its workers drained and stopped."""
 
 
 @asynccontextmanager
@@ -91,13 +110,8 @@ def _seed() -> int:
 
 
 def _faults(rng: random.Random) -> dict[str, float]:
-    """One round's fault mix: a few percent of replies lost or cut, some stalled."""
-    return {
-        "drop_p": rng.uniform(0.01, 0.06),
-        "cut_p": rng.uniform(0.0, 0.03),
-        "stall_p": rng.uniform(0.0, 0.1),
-        "stall_ms": rng.uniform(5, 80),
-    }
+    """One round's fault mix, drawn from the ranges of :data:`PROFILE`."""
+    return {name: rng.uniform(*bounds) for name, bounds in PROFILES[PROFILE].items()}
 
 
 async def _round(server: RedisServer, redis: Redis, prefix: str, rng: random.Random) -> list[str]:
@@ -150,7 +164,9 @@ async def test_random_redis_faults_lose_nothing_and_record_nothing_twice(
     redis_server: RedisServer, redis: Redis, prefix: str
 ) -> None:
     seed = _seed()
-    print(f"redis fault seed {seed}: replay with {SEED_ENV}={seed}")
+    print(
+        f"redis fault seed {seed}: replay with {SEED_ENV}={seed} ACKWORKER_FAULT_PROFILE={PROFILE}"
+    )
     for round_no in range(ROUNDS):
         rng = random.Random(f"{seed}/{round_no}")
         try:
@@ -159,6 +175,7 @@ async def test_random_redis_faults_lose_nothing_and_record_nothing_twice(
         except TimeoutError:
             found, described = [f"round took over {ROUND_S + STOP_S:g} s"], ""
         assert not found, (
-            f"{SEED_ENV}={seed}, round {round_no} of {ROUNDS}: {len(found)} problems; "
+            f"{SEED_ENV}={seed} ACKWORKER_FAULT_PROFILE={PROFILE}, round {round_no} of {ROUNDS}:"
+            f" {len(found)} problems; "
             f"{described}\n" + "\n".join(found[:15])
         )
