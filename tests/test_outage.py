@@ -7,9 +7,12 @@ the script on an explicit clock.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import random
 from collections.abc import Sequence
 
+import anyio
 import pytest
 import structlog
 from redis.asyncio import Redis
@@ -28,6 +31,7 @@ from worker.api.answers import decode
 from worker.api.client import AckResult
 from worker.errors import ApiError, GatewayError, ServerError, TransportError
 from worker.pipeline.runner import Worker
+from worker.retry import RetryBudget
 from worker.store.enqueue import enqueue
 from worker.store.keys import Keys
 from worker.store.limiter import RateLimiter
@@ -201,3 +205,117 @@ async def test_a_gateway_404_leaves_the_backlog_pending_not_rejected(
 
 def test_fast_policy_pauses_quickly() -> None:
     assert FAST_POLICY.outage_after_s < 1.0
+
+
+class _Endpoint:
+    """Readings a RetryBudget takes, set by hand."""
+
+    def __init__(self) -> None:
+        self.is_open = True
+        self.answered_sent_s: float | None = None
+        self.resumed_at_s: float | None = None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+
+def _budget(endpoint: _Endpoint, clock: _Clock) -> RetryBudget:
+    return RetryBudget(60.0, clock, endpoint)  # type: ignore[arg-type]
+
+
+def test_the_budget_is_never_spent_while_paused_or_on_a_late_answer() -> None:
+    endpoint, clock = _Endpoint(), _Clock()
+    budget = _budget(endpoint, clock)
+    down = TransportError("ConnectionRefused", "connect call failed")
+    assert not budget.spent(down)  # the first failure, at 100 s
+    endpoint.answered_sent_s = 99.0  # answered late: sent before the first failure
+    clock.now_s = 1000.0
+    assert not budget.spent(down)  # proves nothing about the endpoint now
+    endpoint.answered_sent_s, endpoint.is_open = 500.0, False
+    assert not budget.spent(down)  # paused: the endpoint is away, the batch is not at fault
+    endpoint.is_open = True
+    assert budget.spent(down)  # answered others since, budget long gone: the batch's fault
+    endpoint.resumed_at_s = 990.0
+    assert not budget.spent(down)  # counted again from the end of the pause
+
+
+def test_retry_delays_stay_finite_however_many_attempts() -> None:
+    policy = FAST_POLICY
+    assert policy.delay_s(100_000, None, random.Random(1)) <= policy.cap_s
+    assert policy.probe_delay_s(100_000) == policy.probe_cap_s
+
+
+async def test_a_caller_that_reports_nothing_never_takes_the_probe(
+    redis: Redis, prefix: str
+) -> None:
+    limiter = RateLimiter(redis, Keys(prefix).limiter, 100.0, outage=RULE)
+    t0 = 1_000 * S
+    await limiter.call("unreachable", now_us=t0)
+    await limiter.call("unreachable", now_us=t0 + 10 * S)
+    assert (await limiter.call("wait", now_us=t0 + 100 * S)).state == "paused"
+    assert (await limiter.call("acquire", now_us=t0 + 100 * S)).state == "probe"
+
+
+async def test_an_answer_after_a_failure_is_reported_at_once(redis: Redis, prefix: str) -> None:
+    # Answers are reported at most once a second; one right after a failure used to wait, and
+    # the failure's window stayed open until a second failure paused an idle fleet.
+    key = Keys(prefix).limiter
+    limiter = RateLimiter(redis, key, 100.0, outage=RULE)
+    slot = await limiter.acquire()
+    await limiter.answered(slot)  # reported: the next one is not due for a second
+    await limiter.unreachable(TransportError("ConnectionReset", "reset by peer"))
+    assert await redis.hget(key, "failing") not in (None, b"0")  # type: ignore[misc]
+    await limiter.answered(await limiter.acquire())
+    assert await redis.hget(key, "failing") == b"0"  # type: ignore[misc]
+
+
+class _LateThenAway:
+    """The first request fails; the second is answered late, after that failure; then the
+    endpoint refuses every connection until :meth:`back`."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.away = False
+        self.first_failed = anyio.Event()
+
+    def back(self) -> None:
+        self.away = False
+
+    async def acknowledge(self, ids: Sequence[str]) -> AckResult:
+        self.calls += 1
+        if self.calls == 1:
+            self.away = True
+            self.first_failed.set()
+            raise TransportError("ConnectionReset", "reset by peer")
+        if self.calls == 2:
+            await self.first_failed.wait()
+            return AckResult(len(ids), "req-late")  # sent before the failure, answered after
+        if self.away:
+            raise TransportError("ConnectionRefused", "connect call failed")
+        return AckResult(len(ids), f"req-{self.calls}")
+
+
+async def test_an_outage_longer_than_the_budget_still_dead_letters_nothing(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, IDS[:6])
+    api = _LateThenAway()
+    policy = dataclasses.replace(FAST_POLICY, budget_s=0.2)
+    settings = make_settings(redis_server.url, prefix, batch_size=1, concurrency=2)
+    async with running_worker(settings, redis, api, policy=policy) as worker:
+
+        async def long_past_the_budget() -> bool:
+            return worker.totals.probes >= 20  # a probe every 50 ms at most: over 1 s paused
+
+        await wait_for(long_past_the_budget, what="an outage far longer than the budget")
+        assert await redis.xlen(keys.dead) == 0
+        api.back()
+        await wait_for(lambda: drained(redis, prefix), what="backlog confirmed")
+    assert await redis.xlen(keys.dead) == 0
+    assert worker.totals.confirmed == 6

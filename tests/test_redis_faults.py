@@ -179,3 +179,24 @@ async def test_random_redis_faults_lose_nothing_and_record_nothing_twice(
             f" {len(found)} problems; "
             f"{described}\n" + "\n".join(found[:15])
         )
+
+
+async def test_an_entry_whose_read_reply_was_lost_costs_no_extra_delivery(
+    redis: Redis, prefix: str, redis_server: RedisServer
+) -> None:
+    # Redis counts a delivery even when XREADGROUP's reply is lost, and redis-py's retry
+    # then reads other entries: the entry sits pending on the worker, unknown to it. It used
+    # to wait for XAUTOCLAIM, a delivery more each time (more with each lost claim reply),
+    # until a good number was dead-lettered redelivered_too_often.
+    keys = Keys(prefix)
+    number = "lostread".rjust(32, "0")
+    plan = Plan(ok=[number], entries=[number])
+    api = BookedApi(plan)
+    settings = make_settings(redis_server.url, prefix, max_attempts=1)
+    await enqueue(redis, keys, [number])
+    # The read whose reply never arrived: delivered once to this very consumer.
+    await redis.xreadgroup(keys.group, settings.consumer, {keys.tasks: ">"}, count=1)
+    async with running_worker(settings, redis, api):
+        await wait_for(lambda: drained(redis, prefix), what="the orphan settled")
+    assert problems(plan, await read_books(redis, keys, plan.numbers), api) == []
+    assert await redis.xlen(keys.dead) == 0

@@ -55,9 +55,9 @@ class CountingLimiter(RateLimiter):
         self.acquired = 0
         self.throttles = 0
 
-    async def acquire(self) -> Slot:
+    async def acquire(self, *, probe: bool = True) -> Slot:
         self.acquired += 1
-        return await super().acquire()
+        return await super().acquire(probe=probe)
 
     async def throttled(self, retry_after_s: float | None) -> LimiterReply:
         self.throttles += 1

@@ -43,12 +43,13 @@ class RetryPolicy:
 
     def delay_s(self, retry: int, retry_after_s: float | None, rng: random.Random) -> float:
         """Seconds to wait before retry number ``retry``."""
-        ceiling = min(self.cap_s, self.base_s * 2.0 ** max(0, retry - 1))
+        # The exponent is capped: with a time budget a retry count has no bound of its own.
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(max(0, retry - 1), 30))
         return max(rng.uniform(0.0, ceiling), retry_after_s or 0.0)
 
     def probe_delay_s(self, probe: int) -> float:
         """Seconds to wait before credentials probe number ``probe`` (1-based)."""
-        return min(self.probe_cap_s, self.probe_base_s * 2.0 ** max(0, probe - 1))
+        return min(self.probe_cap_s, self.probe_base_s * 2.0 ** min(max(0, probe - 1), 30))
 
 
 def redis_backoff_s(failures: int, cap_s: float = REDIS_BACKOFF_CAP_S) -> float:
@@ -108,12 +109,17 @@ class Availability(Protocol):
     """What a :class:`RetryBudget` reads of the endpoint (monotonic seconds, None: never)."""
 
     @property
-    def answered_at(self) -> float | None:
-        """When some request of the fleet last got an answer."""
+    def is_open(self) -> bool:
+        """False while the account is paused because the endpoint is away."""
         ...
 
     @property
-    def resumed_at(self) -> float | None:
+    def answered_sent_s(self) -> float | None:
+        """When the latest request that got an answer was sent."""
+        ...
+
+    @property
+    def resumed_at_s(self) -> float | None:
         """When the last outage pause ended."""
         ...
 
@@ -122,8 +128,9 @@ class RetryBudget:
     """How long one batch may keep failing, in seconds, while the API answers others.
 
     The clock starts at the batch's first failure, or when the last outage pause ended if
-    that is later. It is spent only once ``budget_s`` have passed *and* some request was
-    answered after the first failure: while nothing answers, the endpoint is away and the
+    that is later. It is spent only once ``budget_s`` have passed *and* a request sent after
+    the first failure got an answer (a late answer to an older request proves nothing), and
+    never while the account is paused: while nothing answers, the endpoint is away and the
     batch is not at fault. Throttling never spends it (it is the fleet's, not the batch's).
     """
 
@@ -131,17 +138,17 @@ class RetryBudget:
         self._budget_s = budget_s
         self._clock = clock
         self._endpoint = endpoint
-        self._first: float | None = None
+        self._first_s: float | None = None
 
     def spent(self, exc: ApiError) -> bool:
         """Record the failure ``exc``; True when the batch may be given up."""
         now = self._clock.monotonic()
-        if self._first is None:
-            self._first = now
-        if isinstance(exc, ThrottledError):
+        if self._first_s is None:
+            self._first_s = now
+        if isinstance(exc, ThrottledError) or not self._endpoint.is_open:
             return False
-        answered = self._endpoint.answered_at
-        if answered is None or answered <= self._first:
+        answered = self._endpoint.answered_sent_s
+        if answered is None or answered <= self._first_s:
             return False
-        start = max(self._first, self._endpoint.resumed_at or self._first)
+        start = max(self._first_s, self._endpoint.resumed_at_s or self._first_s)
         return now - start >= self._budget_s

@@ -69,9 +69,9 @@ class MeteredLimiter(RateLimiter):
         self._note(reply.rate)
         return reply
 
-    async def acquire(self) -> Slot:
+    async def acquire(self, *, probe: bool = True) -> Slot:
         """Reserve a slot; add the seconds waited for it to the totals."""
-        slot = await super().acquire()
+        slot = await super().acquire(probe=probe)
         self._totals.rate_wait_s += slot.waited_s
         self._totals.outage_wait_s += slot.paused_s
         self._totals.probes += slot.probe

@@ -187,7 +187,7 @@ class Poller:
             throttled=self._limiter.throttled,
         )
         while True:
-            await self._limiter.acquire()
+            await self._limiter.acquire(probe=False)  # it reports no outcome
             try:
                 return await p.client.poll_task_result(
                     page_num,

@@ -16,14 +16,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 
 from worker.api.client import Acknowledger, AckResult
 from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
-from worker.entries import DEFAULT_ACCOUNT, Batch, Entry, Holdings
-from worker.errors import ApiError, FatalApiError, PermanentApiError, describe
+from worker.entries import Batch, Entry, Holdings
+from worker.errors import ApiError, PermanentApiError, describe
 from worker.logs import get_logger
 from worker.pipeline.reconciler import (
     Resolution,
@@ -32,13 +31,15 @@ from worker.pipeline.reconciler import (
     reconcile_record,
     verdict_fields,
 )
+from worker.pipeline.report import BatchReport
+from worker.pipeline.sender import Sender
 from worker.pipeline.sendgate import SendGate
 from worker.pipeline.verify import Verifier
 from worker.reasons import DeadReason
-from worker.retry import ApiRetry, RetryBudget, RetryPolicy
+from worker.retry import RetryPolicy
 from worker.store.connection import REDIS_ERRORS
 from worker.store.dedupe import Dedupe, Reservation
-from worker.store.limiter import RateLimiter, Slot
+from worker.store.limiter import RateLimiter
 from worker.store.settle import Settlement, Settler, leases_of
 from worker.store.source import entry_dead_letter
 from worker.totals import Totals
@@ -46,37 +47,6 @@ from worker.totals import Totals
 log = get_logger("processor")
 
 BUSY_RECHECK_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
-
-
-@dataclass(slots=True)
-class BatchReport:
-    """What ``batch.settled`` says about one batch."""
-
-    batch_id: str
-    size: int
-    started: float
-    account: str = DEFAULT_ACCOUNT
-    confirmed: int = 0
-    duplicates: int = 0
-    dead: int = 0
-    shortfall: int = 0
-    attempts: int = 0
-    request_ids: list[str] = field(default_factory=list)
-
-    def fields(self, now: float) -> dict[str, Any]:
-        """The event's fields; ``latency_ms`` from reservation to the last settle."""
-        return {
-            "batch_id": self.batch_id,
-            "account": self.account,
-            "size": self.size,
-            "confirmed": self.confirmed,
-            "duplicates": self.duplicates,
-            "dead": self.dead,
-            "shortfall": self.shortfall,
-            "attempts": self.attempts,
-            "latency_ms": round((now - self.started) * 1000.0, 1),
-            "request_ids": self.request_ids,
-        }
 
 
 @dataclass(slots=True)
@@ -105,6 +75,7 @@ class Processor:
 
     def __init__(self, deps: ProcessorDeps) -> None:
         self._d = deps
+        self._sender = Sender(deps)
 
     async def process(self, batch: Batch) -> None:
         """Reserve, send and settle ``batch``; log one ``batch.settled``.
@@ -178,68 +149,7 @@ class Processor:
             await self._dead_letter(batch, _dead_reason(outcome), outcome, report)
 
     async def _send(self, batch: Batch, report: BatchReport) -> AckResult | ApiError:
-        """Send until an answer or a final error; fatal answers wait at the gate."""
-        token = object()
-        try:
-            return await self._attempts(batch, report, token)
-        finally:
-            self._d.gate.release(token)
-
-    async def _attempts(
-        self, batch: Batch, report: BatchReport, token: object
-    ) -> AckResult | ApiError:
-        d = self._d
-        retry = ApiRetry(
-            d.policy, d.rng, log=log, event="api.retry_scheduled", throttled=d.limiter.throttled
-        )
-        budget = RetryBudget(d.policy.budget_s, d.clock, d.limiter.outage)
-        while True:
-            await d.gate.wait_turn(token)
-            try:
-                result = await self._attempt(batch, report)
-            except FatalApiError as exc:
-                d.gate.on_fatal(exc, token)
-                continue
-            except ApiError as exc:
-                if exc.request_id:
-                    report.request_ids.append(exc.request_id)
-                # Given up only when both the attempts and the time budget are spent; an
-                # endpoint that is away never spends the budget (the fleet pauses instead).
-                spent = budget.spent(exc)
-                if not await retry.failed(exc) and (spent or not exc.retryable):
-                    return exc
-                d.totals.retries[exc.code] += 1
-                await d.clock.sleep(retry.back_off(exc, batch_id=batch.batch_id))
-                continue
-            report.request_ids.append(result.request_id)
-            return result
-
-    async def _attempt(self, batch: Batch, report: BatchReport) -> AckResult:
-        d = self._d
-        async with d.send_slots:
-            slot = await d.limiter.acquire()
-            epoch = d.gate.epoch
-            for entry in batch.entries():
-                entry.sent = True
-            report.attempts += 1
-            d.totals.requests += 1
-            try:
-                result = await d.client.acknowledge(batch.numbers)
-            except ApiError as exc:
-                await self._heard(slot, epoch, exc)
-                raise
-            await self._heard(slot, epoch, None)
-            return result
-
-    async def _heard(self, slot: Slot, epoch: int, exc: ApiError | None) -> None:
-        """Tell the send gate and the fleet what one request learnt about the endpoint."""
-        d = self._d
-        if exc is not None and exc.endpoint_down:
-            await d.limiter.unreachable(exc)
-            return
-        if exc is None or not exc.fatal:
-            d.gate.on_answer(epoch)
-        await d.limiter.answered(slot)
+        return await self._sender.send(batch, report)
 
     async def _answers(self, batch: Batch, first: int, report: BatchReport) -> list[int]:
         """``first`` and, when it is short, the ``Result`` of one resend."""
@@ -265,17 +175,20 @@ class Processor:
             return
         entry_ids = [e.entry_id for e in batch.entries()]
         settlement = Settlement(entry_ids, batch.digests(), release=leases_of(batch.entries()))
-        riders = batch.size - submitted
-        report.duplicates += riders
-        d.totals.duplicates += riders
         if verdict.overcount:
             record = reconcile_record(batch, verdict, report.request_ids, self._now())
             settlement.reconcile.append(record)
-            d.totals.overcount += verdict.overcount
             log.error("batch.overcount", **verdict_fields(batch, verdict, report.request_ids))
-        report.confirmed += verdict.confirmed
-        d.totals.confirmed += verdict.confirmed
-        await self._settle(settlement, batch.entries())
+
+        def count() -> None:
+            riders = batch.size - submitted
+            report.duplicates += riders
+            report.confirmed += verdict.confirmed
+            d.totals.duplicates += riders
+            d.totals.confirmed += verdict.confirmed
+            d.totals.overcount += verdict.overcount
+
+        await self._settle(settlement, batch.entries(), count)
 
     async def _resolve(self, case: Resolution, report: BatchReport) -> None:
         """Without a verifier, record the whole short batch. With one: check, re-send what
@@ -298,11 +211,14 @@ class Processor:
             if case.answered_round(await self._answers(remainder, sent.result, report)):
                 break
         tally = case.tally()
-        tally.add_to(report, d.totals)
-        if tally.dead:
-            log.warning("item.dead", batch_id=case.batch.batch_id, **tally.dead_fields())
+
+        def count() -> None:
+            tally.add_to(report, d.totals)
+            if tally.dead:
+                log.warning("item.dead", batch_id=case.batch.batch_id, **tally.dead_fields())
+
         settlement = case.settlement(report.request_ids, report.attempts, self._now())
-        await self._settle(settlement, case.batch.entries())
+        await self._settle(settlement, case.batch.entries(), count)
 
     async def _check(self, case: Resolution) -> bool:
         """Check the open numbers; True when some are still listed and rounds are left."""
@@ -324,30 +240,41 @@ class Processor:
             settlement.ack.append(entry.entry_id)
             record = entry_dead_letter(entry, reason, exc.summary(), report.attempts, at)
             settlement.dead.append(record)
-        report.dead += batch.size
-        self._d.totals.dead[reason] += batch.size
-        log.warning(
-            "item.dead",
-            batch_id=batch.batch_id,
-            reason=reason,
-            count=batch.size,
-            code=exc.code,
-            error=exc.summary(),
-        )
-        await self._settle(settlement, batch.entries())
+
+        def count() -> None:
+            report.dead += batch.size
+            self._d.totals.dead[reason] += batch.size
+            log.warning(
+                "item.dead",
+                batch_id=batch.batch_id,
+                reason=reason,
+                count=batch.size,
+                code=exc.code,
+                error=exc.summary(),
+            )
+
+        await self._settle(settlement, batch.entries(), count)
 
     async def _settle_duplicates(self, batch: Batch, report: BatchReport) -> None:
         entries = batch.entries()
-        report.duplicates += len(entries)
-        self._d.totals.duplicates += len(entries)
-        log.info("item.duplicate", batch_id=batch.batch_id, ids=batch.numbers)
-        await self._settle(Settlement(ack=[e.entry_id for e in entries]), entries)
 
-    async def _settle(self, settlement: Settlement, entries: list[Entry]) -> None:
-        """Write an outcome (see :meth:`~worker.store.settle.Settler.settle_shielded`); either way
-        this process is done with the entries: settled, or left pending for a claim."""
-        await self._d.settler.settle_shielded(settlement, self._d.clock, len(entries))
+        def count() -> None:
+            report.duplicates += len(entries)
+            self._d.totals.duplicates += len(entries)
+            log.info("item.duplicate", batch_id=batch.batch_id, ids=batch.numbers)
+
+        await self._settle(Settlement(ack=[e.entry_id for e in entries]), entries, count)
+
+    async def _settle(
+        self, settlement: Settlement, entries: list[Entry], count: Callable[[], None]
+    ) -> None:
+        """Write an outcome (see :meth:`~worker.store.settle.Settler.settle_shielded`) and,
+        once it is written, ``count`` it; either way this process is done with the entries:
+        settled, or left pending (lost to a claim, or Redis away) for whoever holds them."""
+        result = await self._d.settler.settle_shielded(settlement, self._d.clock, len(entries))
         self._d.holdings.discard(entries)
+        if result is not None and result.applied:
+            count()
 
     def _now(self) -> str:
         return iso_utc(self._d.clock.now())

@@ -97,7 +97,7 @@ def verdict_fields(batch: Batch, verdict: Verdict, request_ids: list[str]) -> di
 
 
 class Counts(Protocol):
-    """What a batch report counts (see ``worker.pipeline.processor.BatchReport``)."""
+    """What a batch report counts (see ``worker.pipeline.report.BatchReport``)."""
 
     confirmed: int
     duplicates: int

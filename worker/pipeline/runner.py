@@ -129,6 +129,7 @@ class Worker:
                     await tg.start(self._heartbeat().run)
                     for lane in self._lanes.values():
                         tg.start_soon(lane.renewer.run)
+                        tg.start_soon(lane.limiter.watch)
                     tg.start_soon(self._housekeeper.run)
                     log.info("worker.started", consumer=self._s.consumer, **self._public_settings())
                     task_status.started()

@@ -201,7 +201,7 @@ class Verifier:
         while True:
             try:
                 async with self._slots or contextlib.nullcontext():
-                    await limiter.acquire()
+                    await limiter.acquire(probe=False)  # it reports no outcome
                     return await self._poller.poll_task_result(
                         page_num, self._page_size, task_no=query.task_no, domain_name=query.domain
                     )

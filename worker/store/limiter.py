@@ -40,102 +40,10 @@ from worker.clock import SYSTEM_CLOCK, Clock
 from worker.errors import ApiError, clip
 from worker.logs import get_logger
 from worker.store.connection import REDIS_ERRORS, RedisClient, register_script
+from worker.store.limiter_lua import SCRIPT
 from worker.store.outage import ANSWER_REPORT_S, DEFAULT_RULE, OutageRule, OutageView
 
 log = get_logger("limiter")
-
-_SCRIPT = """
-local key, op, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
-local now
-if ARGV[3] ~= '' then
-  now = tonumber(ARGV[3])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local after, probe_base, probe_cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local s = redis.call('HMGET', key, 'tat', 'rate', 'ceiling', 'updated', 'last_cut', 'down',
-  'probe_at', 'probes', 'failing', 'last_fail', 'answered')
-local tat = tonumber(s[1]) or now
-local rate = math.min(tonumber(s[2]) or limit, limit)
-local ceiling = tonumber(s[3]) or 0
-local updated = tonumber(s[4]) or now
-local last_cut = tonumber(s[5]) or 0
-local down, probe_at, probes = tonumber(s[6]) or 0, tonumber(s[7]) or 0, tonumber(s[8]) or 0
-local failing, last_fail = tonumber(s[9]) or 0, tonumber(s[10]) or 0
-local answered = tonumber(s[11]) or 0
-local dt = math.max(0, now - updated) / 1000000
-if rate < limit and dt > 0 then
-  if rate < 0.9 * ceiling then
-    -- Fast back to 90% of the rate that was throttled, then a slow probe from there.
-    rate = math.min(0.9 * ceiling, rate + limit * 0.05 * dt)
-  elseif rate <= 1.05 * ceiling then
-    rate = rate + ceiling * 0.005 * dt
-  else
-    rate = rate + limit * 0.05 * dt
-  end
-  rate = math.min(limit, rate)
-end
-local state, wait, down_for = 'up', 0, 0
-if down > 0 then down_for = now - down end
-if op == 'throttled' then
-  if now - last_cut >= 1000000 then
-    ceiling = rate
-    -- The floor stays below the limit, however low the limit is.
-    rate = math.max(math.min(1, limit * 0.05), rate * 0.7)
-    last_cut = now
-  end
-  -- A retry-after hint pauses everyone: at most 300 s, whatever a caller passes.
-  local pause = math.min(tonumber(ARGV[4]) or 0, 300000) * 1000
-  if not (pause > 0) then pause = 1000000 / rate end
-  tat = math.max(tat, now + pause)
-elseif op == 'acquire' then
-  if down > 0 and now < probe_at then
-    -- The endpoint is away: nobody sends until the next probe is due.
-    state, wait = 'paused', probe_at - now
-  else
-    if down > 0 then
-      -- This caller's request is the fleet's one probe; the next is due after a back-off.
-      state, probes = 'probe', probes + 1
-      probe_at = now + math.min(probe_cap, probe_base * 2 ^ math.min(probes, 20))
-    end
-    tat = math.max(tat, now) + 1000000 / rate
-    wait = tat - 1000000 / rate - now
-  end
-elseif op == 'answered' then
-  answered, failing = now, 0
-  -- Only a request sent during the outage (a probe) proves that the endpoint is back.
-  if down > 0 and tonumber(ARGV[8]) >= down then
-    state, down, probe_at = 'resumed', 0, 0
-  end
-elseif op == 'unreachable' then
-  if down > 0 then
-    state = 'down'
-  else
-    -- A failure long after the last one starts a new window: an hour-old reset says nothing.
-    -- "Long" outlasts the longest retry back-off (30 s), so a batch's own retries never do.
-    if failing == 0 or now - last_fail > math.max(after, 60000000) then failing = now end
-    if now - failing >= after and answered < failing then
-      state, down, probes, down_for = 'started', now, 0, 0
-      probe_at = now + probe_base
-    end
-  end
-  last_fail = now
-end
-if state ~= 'resumed' and down == 0 then probes = 0 end
-redis.call('HSET', key, 'tat', string.format('%.0f', tat), 'rate', string.format('%.6f', rate),
-  'ceiling', string.format('%.6f', ceiling), 'updated', string.format('%.0f', now),
-  'last_cut', string.format('%.0f', last_cut), 'down', string.format('%.0f', down),
-  'probe_at', string.format('%.0f', probe_at), 'probes', probes,
-  'failing', string.format('%.0f', failing), 'last_fail', string.format('%.0f', last_fail),
-  'answered', string.format('%.0f', answered))
-redis.call('PEXPIRE', key, 3600000)
-local answered_ago = -1
-if answered > 0 then answered_ago = now - answered end
-return {string.format('%.0f', math.max(0, wait)), string.format('%.6f', rate),
-  string.format('%.0f', math.max(0, tat - now)), state, string.format('%.0f', now),
-  string.format('%.0f', down_for), probes, string.format('%.0f', answered_ago)}
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,12 +83,14 @@ def _reply(raw: Any) -> LimiterReply:
 @dataclass(frozen=True, slots=True)
 class Slot:
     """A granted send. ``waited_s``: for the rate; ``paused_s``: in an outage pause;
-    ``granted_us``: Redis's clock at the grant; ``probe``: the fleet's one probe."""
+    ``granted_us``: Redis's clock at the grant (µs); ``probe``: the fleet's one probe."""
 
     waited_s: float
     paused_s: float = 0.0
     granted_us: int = 0
     probe: bool = False
+    granted_s: float = 0.0
+    """This process's monotonic clock at the grant."""
 
 
 class RateLimiter:
@@ -204,9 +114,11 @@ class RateLimiter:
         self._limit = limit_rps
         self._clock = clock
         self._rule = outage
-        self._script = register_script(redis, _SCRIPT)
+        self._script = register_script(redis, SCRIPT)
         self._logged_rate = limit_rps
-        self._reported_at: float | None = None
+        self._reported_at_s: float | None = None
+        # After a failure the next answer is reported at once, to clear the fleet's window.
+        self._failed_since_report = False
         self.outage = OutageView(clock, held)
         """What this process knows of the account's outage pause (a send gate's reading)."""
 
@@ -218,8 +130,8 @@ class RateLimiter:
         now_us: int | None = None,
         sent_us: int = 0,
     ) -> LimiterReply:
-        """Run the script: ``op`` is ``acquire``, ``throttled``, ``answered``,
-        ``unreachable`` or ``peek``."""
+        """Run the script: ``op`` is ``acquire``, ``wait`` (``acquire`` that never takes the
+        probe), ``throttled``, ``answered``, ``unreachable`` or ``peek``."""
         o = self._rule
         args = [
             op,
@@ -235,11 +147,15 @@ class RateLimiter:
         self._note_rate(reply.rate)
         return reply
 
-    async def acquire(self) -> Slot:
-        """Wait for the next fleet-wide slot (through an outage pause, however long)."""
-        paused_s = 0.0
+    async def acquire(self, *, probe: bool = True) -> Slot:
+        """Wait for the next fleet-wide slot (through an outage pause, however long).
+
+        ``probe``: the slot may be the fleet's probe while the account is paused; a caller
+        that does not report its outcome (:meth:`answered`, :meth:`unreachable`) passes False.
+        """
+        op, paused_s = ("acquire" if probe else "wait"), 0.0
         while True:
-            reply = await self.call("acquire")
+            reply = await self.call(op)
             if reply.state != "paused":
                 break
             self.outage.paused(reply.down_s)
@@ -255,17 +171,20 @@ class RateLimiter:
             self.outage.resumed()
         if reply.wait_s > 0:
             await self._clock.sleep(reply.wait_s)
-        return Slot(reply.wait_s, paused_s, reply.now_us, reply.state == "probe")
+        granted_s = self._clock.monotonic()
+        return Slot(reply.wait_s, paused_s, reply.now_us, reply.state == "probe", granted_s)
 
     async def answered(self, slot: Slot) -> None:
         """The request sent in ``slot`` got an answer: the endpoint is there. Reported to the
-        fleet when it may end a pause, else at most every :data:`ANSWER_REPORT_S`."""
+        fleet when it may end a pause or follows a failure, else at most every
+        :data:`ANSWER_REPORT_S`."""
         now = self._clock.monotonic()
-        self.outage.answered_at = now
-        due = self._reported_at is None or now - self._reported_at >= ANSWER_REPORT_S
+        self.outage.answered(slot.granted_s)
+        last = self._reported_at_s
+        due = last is None or now - last >= ANSWER_REPORT_S or self._failed_since_report
         if not (slot.probe or not self.outage.is_open or due):
             return
-        self._reported_at = now
+        self._reported_at_s, self._failed_since_report = now, False
         reply = await self._report("answered", sent_us=slot.granted_us)
         if reply is not None and reply.state == "resumed":
             log.info(
@@ -276,14 +195,25 @@ class RateLimiter:
             )
             self.outage.resumed()
 
+    async def watch(self) -> None:
+        """While this process holds the account paused, look every ``probe_base_s`` whether
+        the pause has ended elsewhere, so an idle lane does not stay paused (``/readyz``,
+        the heartbeat) after the fleet resumed. Runs until cancelled."""
+        while True:
+            await self._clock.sleep(self._rule.probe_base_s)
+            if self.outage.is_open:
+                continue
+            reply = await self._report("peek")
+            if reply is not None and reply.state != "paused":
+                self.outage.resumed()
+
     async def unreachable(self, exc: ApiError) -> None:
         """A request found the endpoint away (``exc``); pauses the fleet when nothing has
         answered for ``after_s``."""
+        self._failed_since_report = True
         reply = await self._report("unreachable")
         if reply is None:
             return
-        if reply.answered_ago_s is not None:
-            self.outage.heard_of_answer(reply.answered_ago_s)
         if reply.state == "started":
             log.error(
                 "api.outage_started",

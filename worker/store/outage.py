@@ -47,44 +47,43 @@ class OutageView:
     def __init__(self, clock: Clock, held: Sized = ()) -> None:
         self._clock = clock
         self._held = held
-        self._paused_at: float | None = None
-        self.answered_at: float | None = None
-        """When some request of the fleet last got an answer, as best this process knows."""
-        self.resumed_at: float | None = None
+        self._paused_at_s: float | None = None
+        self.answered_sent_s: float | None = None
+        """When the latest request of this process that got an answer was sent."""
+        self.resumed_at_s: float | None = None
         """When this process last saw an outage end."""
 
     @property
     def is_open(self) -> bool:
         """False while this process knows the account to be paused for an outage."""
-        return self._paused_at is None
+        return self._paused_at_s is None
 
     @property
     def problem(self) -> str | None:
         """:data:`PROBLEM` while paused, else None."""
-        return None if self._paused_at is None else PROBLEM
+        return None if self._paused_at_s is None else PROBLEM
 
     @property
     def held(self) -> int:
         """Entries the lane holds (they wait in the stream's pending list meanwhile)."""
         return len(self._held)
 
-    def heard_of_answer(self, ago_s: float) -> None:
-        """The fleet's last answer was ``ago_s`` seconds ago."""
-        seen = self._clock.monotonic() - ago_s
-        self.answered_at = max(self.answered_at or seen, seen)
+    def answered(self, sent_s: float) -> None:
+        """A request sent at ``sent_s`` (monotonic) got an answer."""
+        self.answered_sent_s = max(self.answered_sent_s or sent_s, sent_s)
 
     def paused(self, outage_s: float) -> None:
         """The account is paused; the outage began ``outage_s`` seconds ago."""
-        if self._paused_at is None:
-            self._paused_at = self._clock.monotonic() - outage_s
+        if self._paused_at_s is None:
+            self._paused_at_s = self._clock.monotonic() - outage_s
             log.warning("api.outage_paused", outage_s=round(outage_s, 1), held=self.held)
 
     def resumed(self) -> None:
         """Sending works again (a slot was granted, or this process's probe got through)."""
-        if self._paused_at is None:
+        if self._paused_at_s is None:
             return
         now = self._clock.monotonic()
-        outage_s = round(now - self._paused_at, 1)
+        outage_s = round(now - self._paused_at_s, 1)
         log.info("api.outage_resumed", outage_s=outage_s, held=self.held)
-        self._paused_at = None
-        self.resumed_at = now
+        self._paused_at_s = None
+        self.resumed_at_s = now

@@ -140,11 +140,15 @@ class StreamSource:
         return await self._accept([(i, f or []) for i, f in rows], {})
 
     async def claim_stale(self, count: int, held: Container[bytes] = ()) -> list[Entry]:
-        """Take over up to ``count`` entries idle longer than ``claim_idle_ms`` anywhere.
+        """Take back this consumer's orphans, then take over up to ``count`` entries idle
+        longer than ``claim_idle_ms`` anywhere.
 
         Entries in ``held`` are this process's own work in progress (their refresh came
         late): they are left alone, not counted as a redelivery of poison.
         """
+        orphans = await self._orphans(count, held)
+        if orphans:
+            return orphans
         reply: Any = await self._redis.xautoclaim(
             self._keys.tasks,
             self._keys.group,
@@ -168,6 +172,34 @@ class StreamSource:
             (i, [x for kv in (f or {}).items() for x in kv]) for i, f in claimed if i in deliveries
         ]
         return await self._accept(rows, deliveries)
+
+    async def _orphans(self, count: int, held: Container[bytes]) -> list[Entry]:
+        """Entries pending on this consumer that it does not hold: read or claimed with the
+        reply lost on the way (redis-py's retry then fetched others), or given up after a
+        Redis failure. Redis has counted their delivery already; taking them back with
+        ``XCLAIM ... JUSTID`` counts none more, so lost replies cannot push a good number
+        into ``redelivered_too_often``. Idle at least ``claim_idle_ms / 2``: held entries are
+        refreshed every third of it."""
+        k, consumer = self._keys, self._config.consumer
+        idle_ms = self._config.claim_idle_ms // 2
+        rows: Any = await self._redis.xpending_range(
+            k.tasks, k.group, "-", "+", count, consumername=consumer, idle=idle_ms
+        )
+        lost = {r["message_id"]: int(r["times_delivered"]) for r in rows}
+        lost = {i: n for i, n in lost.items() if i not in held}
+        if not lost:
+            return []
+        # min-idle again: one another consumer claimed a moment ago is not taken back.
+        taken: Any = await self._redis.xclaim(
+            k.tasks, k.group, consumer, idle_ms, list(lost), justid=True
+        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id in taken:
+                pipe.xrange(k.tasks, min=entry_id, max=entry_id, count=1)
+            found: list[Any] = await pipe.execute()
+        log.warning("item.orphans_taken_back", count=len(taken), stream=k.tasks)
+        entries = [(r[0][0], [x for kv in r[0][1].items() for x in kv]) for r in found if r]
+        return await self._accept(entries, {i: lost[i] for i, _ in entries})
 
     def _vanished(self, ids: Sequence[bytes | str]) -> None:
         """Pending entries someone deleted or trimmed (XDEL, MAXLEN, a purge): their numbers
