@@ -56,7 +56,7 @@ run: $(STAMP)
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-# The reliability and security suite at full sizes (under ten minutes on 2 cores); rewrites
+# The reliability and security suite at full sizes (about 16 minutes on 2 cores); rewrites
 # docs/reliability.md. `make test` runs every scenario in reduced form.
 chaos: setup
 	$(BIN)/python -m chaos.run --full

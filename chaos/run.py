@@ -1,6 +1,6 @@
 """``make chaos``: run every scenario and write ``docs/reliability.md``.
 
-    python -m chaos.run            # full sizes (the whole suite in under ten minutes)
+    python -m chaos.run            # full sizes (the whole suite in about 16 minutes)
     python -m chaos.run --reduced  # every scenario small, as tests/test_chaos_smoke.py runs it
     python -m chaos.run --only 3,5 --no-write
 
