@@ -52,8 +52,7 @@ class LimiterReply:
     ahead the fleet's next free slot is; ``state``: ``up``, ``paused`` (no slot: the endpoint
     is away, ``wait_s`` until the next probe is due), ``probe`` (the slot is the fleet's
     probe), ``started``, ``down`` or ``resumed`` (answers to reports); ``now_us``: Redis's
-    clock; ``down_s``: how long the outage has lasted; ``answered_ago_s``: since the fleet's
-    last answer (None: never)."""
+    clock; ``down_s``: how long the outage has lasted."""
 
     wait_s: float
     rate: float
@@ -62,12 +61,10 @@ class LimiterReply:
     now_us: int = 0
     down_s: float = 0.0
     probes: int = 0
-    answered_ago_s: float | None = None
 
 
 def _reply(raw: Any) -> LimiterReply:
-    wait_us, rate, horizon_us, state, now_us, down_us, probes, ago_us = raw
-    ago = float(ago_us)
+    wait_us, rate, horizon_us, state, now_us, down_us, probes = raw
     return LimiterReply(
         float(wait_us) / 1e6,
         float(rate),
@@ -76,7 +73,6 @@ def _reply(raw: Any) -> LimiterReply:
         int(now_us),
         float(down_us) / 1e6,
         int(probes),
-        None if ago < 0 else ago / 1e6,
     )
 
 

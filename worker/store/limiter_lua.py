@@ -97,9 +97,7 @@ redis.call('HSET', key, 'tat', string.format('%.0f', tat), 'rate', string.format
   'failing', string.format('%.0f', failing), 'last_fail', string.format('%.0f', last_fail),
   'answered', string.format('%.0f', answered))
 redis.call('PEXPIRE', key, 3600000)
-local answered_ago = -1
-if answered > 0 then answered_ago = now - answered end
 return {string.format('%.0f', math.max(0, wait)), string.format('%.6f', rate),
   string.format('%.0f', math.max(0, tat - now)), state, string.format('%.0f', now),
-  string.format('%.0f', down_for), probes, string.format('%.0f', answered_ago)}
+  string.format('%.0f', down_for), probes}
 """
