@@ -306,7 +306,8 @@ async def test_an_outage_longer_than_the_budget_still_dead_letters_nothing(
     keys = Keys(prefix)
     await enqueue(redis, keys, IDS[:6])
     api = _LateThenAway()
-    policy = dataclasses.replace(FAST_POLICY, budget_s=0.2)
+    # As with the defaults (10 s, 300 s), the pause begins well before the budget ends.
+    policy = dataclasses.replace(FAST_POLICY, budget_s=0.6)
     settings = make_settings(redis_server.url, prefix, batch_size=1, concurrency=2)
     async with running_worker(settings, redis, api, policy=policy) as worker:
 
