@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaos.common import Rig, expect_invariant, no_tracebacks, start_rig, stop_cleanly
-from chaos.procs import ProxyProc, Stage, WorkerProc, numbers, wait_until
+from chaos.procs import ProxyProc, Stage, WorkerProc, hold_for, numbers, wait_until
 from chaos.report import Mode, Outcome, Scenario
 
 SHAPES = ("refused", "reset", "503")
@@ -93,57 +93,17 @@ def _run_shape(shape: str, workdir: Path, mode: Mode) -> ShapeResult:
     with Stage(workdir / shape) as stage:
         rig = start_rig(stage)
         proxy = ProxyProc(stage, rig.api.url)
-        extra = {
-            "ACKWORKER_ENDPOINT": proxy.http_url,
-            "ACKWORKER_RATE_LIMIT": str(RATE_LIMIT),
-            "ACKWORKER_BATCH_SIZE": str(BATCH),
-            "ACKWORKER_HTTP_TIMEOUT_S": "2",
-            "ACKWORKER_OUTAGE_AFTER_S": OUTAGE_AFTER_S[mode],
-        }
-        workers = [rig.worker("w1", **extra), rig.worker("w2", **extra)]
+        workers = _start_workers(rig, proxy, mode)
         ids = numbers(SIZES[mode], f"outage-{shape}")
         rig.push(ids)
         wait_until(
             lambda: len(rig.api.confirmed()) >= len(ids) // 5, timeout_s=60, what="work under way"
         )
-        _go_away(rig, proxy, shape)
-        away = time.monotonic()
-        wait_until(
-            lambda: any(w.has("api.outage_started") for w in workers),
-            timeout_s=float(OUTAGE_AFTER_S[mode]) + 30,
-            what="the fleet pauses",
-        )
-        paused = time.monotonic()
-        reached_at_pause, probes_at_pause = _reached(rig, proxy, shape), _probes(workers)
-        time.sleep(max(0.0, AWAY_S[mode] - (paused - away)))
-        result.paused_s = time.monotonic() - paused
-        reached = _reached(rig, proxy, shape)
-        if reached is not None and reached_at_pause is not None:
-            result.requests_while_paused = reached - reached_at_pause
-        result.probes = _probes(workers) - probes_at_pause
-        _come_back(rig, proxy, shape)
-        back = time.monotonic()
-        rig.wait_drained(BACK_WITHIN_S, f"backlog after the {shape} outage")
-        result.back_s = time.monotonic() - back
+        _away_and_back(rig, proxy, workers, mode, result)
         outcome = Outcome(shape, shape)
         stop_cleanly(outcome, *workers)
         no_tracebacks(outcome, *workers)
-        started = sum(len(w.named("api.outage_started")) for w in workers)
-        outcome.expect(started == 1, f"{shape}: api.outage_started logged {started} times")
-        for w in workers:
-            outcome.expect(w.has("api.outage_paused"), f"{shape}: {w.name} never paused")
-        # 5 s, 10, 20, then every 30 s: at most about three a minute over a short pause.
-        allowed = 3 + int(result.paused_s / 20)
-        outcome.expect(
-            result.probes <= allowed,
-            f"{shape}: {result.probes} probes in {result.paused_s:.0f} s, at most {allowed}",
-        )
-        outcome.expect(
-            result.requests_while_paused is None
-            or result.requests_while_paused <= result.probes + 2,
-            f"{shape}: {result.requests_while_paused} requests reached the endpoint while"
-            f" paused, {result.probes} probes",
-        )
+        _check_pause(outcome, workers, result)
         ledger = rig.ledger(ids)
         # Requests in flight when the proxy cut its connections may have been carried out
         # with the answer lost: sent again, they count 0 and are recorded, never lost.
@@ -153,6 +113,70 @@ def _run_shape(shape: str, workdir: Path, mode: Mode) -> ShapeResult:
         result.failures = outcome.failures
         result.summary = ledger.summary()
     return result
+
+
+def _start_workers(rig: Rig, proxy: ProxyProc, mode: Mode) -> list[WorkerProc]:
+    extra = {
+        "ACKWORKER_ENDPOINT": proxy.http_url,
+        "ACKWORKER_RATE_LIMIT": str(RATE_LIMIT),
+        "ACKWORKER_BATCH_SIZE": str(BATCH),
+        "ACKWORKER_HTTP_TIMEOUT_S": "2",
+        "ACKWORKER_OUTAGE_AFTER_S": OUTAGE_AFTER_S[mode],
+    }
+    return [rig.worker("w1", **extra), rig.worker("w2", **extra)]
+
+
+def _away_and_back(
+    rig: Rig, proxy: ProxyProc, workers: list[WorkerProc], mode: Mode, result: ShapeResult
+) -> None:
+    """Take the endpoint away for ``AWAY_S``, counting what the fleet sends once paused;
+    bring it back and time the backlog's drain."""
+    shape = result.shape
+    _go_away(rig, proxy, shape)
+    away = time.monotonic()
+    wait_until(
+        lambda: any(w.has("api.outage_started") for w in workers),
+        timeout_s=float(OUTAGE_AFTER_S[mode]) + 30,
+        what="the fleet pauses",
+    )
+    paused = time.monotonic()
+    reached_at_pause, probes_at_pause = _reached(rig, proxy, shape), _probes(workers)
+    # The rest of the window; a worker that dies meanwhile fails the scenario at once.
+    remaining_s = max(0.0, AWAY_S[mode] - (paused - away))
+    hold_for(remaining_s, 1.0, lambda: _check_alive(workers))
+    result.paused_s = time.monotonic() - paused
+    reached = _reached(rig, proxy, shape)
+    if reached is not None and reached_at_pause is not None:
+        result.requests_while_paused = reached - reached_at_pause
+    result.probes = _probes(workers) - probes_at_pause
+    _come_back(rig, proxy, shape)
+    back = time.monotonic()
+    rig.wait_drained(BACK_WITHIN_S, f"backlog after the {shape} outage")
+    result.back_s = time.monotonic() - back
+
+
+def _check_alive(workers: list[WorkerProc]) -> None:
+    for worker in workers:
+        worker.check_alive()
+
+
+def _check_pause(outcome: Outcome, workers: list[WorkerProc], result: ShapeResult) -> None:
+    shape = result.shape
+    started = sum(len(w.named("api.outage_started")) for w in workers)
+    outcome.expect(started == 1, f"{shape}: api.outage_started logged {started} times")
+    for w in workers:
+        outcome.expect(w.has("api.outage_paused"), f"{shape}: {w.name} never paused")
+    # 5 s, 10, 20, then every 30 s: at most about three a minute over a short pause.
+    allowed = 3 + int(result.paused_s / 20)
+    outcome.expect(
+        result.probes <= allowed,
+        f"{shape}: {result.probes} probes in {result.paused_s:.0f} s, at most {allowed}",
+    )
+    outcome.expect(
+        result.requests_while_paused is None or result.requests_while_paused <= result.probes + 2,
+        f"{shape}: {result.requests_while_paused} requests reached the endpoint while"
+        f" paused, {result.probes} probes",
+    )
 
 
 def run(outcome: Outcome, workdir: Path, mode: Mode) -> None:
