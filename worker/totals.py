@@ -19,6 +19,11 @@ from worker.entries import DEFAULT_ACCOUNT
 # http_timeout_s (default 15 s) bounds the slowest attempt.
 REQUEST_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
 
+ACKNOWLEDGE = "acknowledge"
+"""``action`` of an ``AcknowledgeTaskResult`` request in :attr:`Totals.requests_by`."""
+POLL = "poll"
+"""``action`` of a ``PollTaskResult`` request (verification) in :attr:`Totals.requests_by`."""
+
 
 @dataclass(slots=True)
 class LatencyHistogram:
@@ -55,7 +60,9 @@ class Totals:
     ``probes`` the requests this process sent as the fleet's probe of an endpoint away,
     ``vanished`` the pending entries deleted or trimmed from a stream before they were
     settled (found when claiming), ``not_owned`` the entries this process settled after
-    another consumer had claimed them (their outcomes left to it).
+    another consumer had claimed them (their outcomes left to it). ``requests`` counts every
+    API request sent, ``requests_by`` the same by ``(action, account)``, ``action`` being
+    :data:`ACKNOWLEDGE` or :data:`POLL`: both spend the account's quota.
     """
 
     batches: int = 0
@@ -68,6 +75,7 @@ class Totals:
     vanished: int = 0
     not_owned: int = 0
     dead: Counter[str] = field(default_factory=Counter)
+    requests_by: Counter[tuple[str, str]] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     rate_wait_s: float = 0.0
@@ -76,6 +84,11 @@ class Totals:
     probes: int = 0
     account_rates: dict[str, float] = field(default_factory=dict)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def count_request(self, action: str, account: str = DEFAULT_ACCOUNT) -> None:
+        """One API request of ``action`` sent for ``account``."""
+        self.requests += 1
+        self.requests_by[action, account] += 1
 
     @property
     def effective_rate(self) -> float:

@@ -19,6 +19,7 @@ from worker.logs import get_logger
 from worker.pipeline.report import BatchReport
 from worker.retry import ApiRetry, RetryBudget
 from worker.store.limiter import Slot
+from worker.totals import ACKNOWLEDGE
 
 if TYPE_CHECKING:
     from worker.pipeline.processor import ProcessorDeps
@@ -78,7 +79,7 @@ class Sender:
             for entry in batch.entries():
                 entry.sent = True
             report.attempts += 1
-            d.totals.requests += 1
+            d.totals.count_request(ACKNOWLEDGE, batch.account)
             try:
                 result = await d.client.acknowledge(batch.numbers)
             except ApiError as exc:
