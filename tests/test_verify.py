@@ -27,7 +27,7 @@ from worker.dev.mockapi.server import MockApi, serve_mock_api
 from worker.entries import Batch, Entry
 from worker.errors import ServerError
 from worker.pipeline.lanes import build_verifier
-from worker.pipeline.verify import Check, Verifier
+from worker.pipeline.verify import Check, Verifier, plan
 from worker.store.enqueue import enqueue
 from worker.store.keys import Keys
 from worker.store.limiter import LimiterReply, RateLimiter, Slot
@@ -73,8 +73,20 @@ def batch_of(
     return batch
 
 
-def verifier(client: DomainClient, *, max_pages: int = 5, page_size: int = 1000) -> Verifier:
-    return Verifier(client, max_pages=max_pages, page_size=page_size, policy=FAST_POLICY)
+class Checker:
+    """One batch checked on its own: its filtered queries, read within ``max_pages``."""
+
+    def __init__(self, verifier: Verifier, max_pages: int) -> None:
+        self._verifier = verifier
+        self._max_pages = max_pages
+
+    async def check(self, batch: Batch, limiter: RateLimiter) -> Check:
+        found = await self._verifier.read(plan(batch.groups), limiter, self._max_pages)
+        return found.check(batch.numbers, 1)
+
+
+def verifier(client: DomainClient, *, max_pages: int = 5, page_size: int = 1000) -> Checker:
+    return Checker(Verifier(client, page_size=page_size, policy=FAST_POLICY), max_pages)
 
 
 def polls(api: MockApi) -> int:
@@ -203,9 +215,8 @@ async def test_a_listing_that_moves_between_pages_is_read_again(
     seeded = api.state.seed_random(15)
     target = seeded[10]  # first on page 2; after the shift, last on page 1
     poller = ShiftingPoller(client, api, remove=seeded[0])
-    check = await Verifier(poller, max_pages=5, page_size=10, policy=FAST_POLICY).check(
-        batch_of([target]), CountingLimiter(redis, prefix)
-    )
+    checker = Checker(Verifier(poller, page_size=10, policy=FAST_POLICY), max_pages=5)
+    check = await checker.check(batch_of([target]), CountingLimiter(redis, prefix))
     # Page 2 no longer holds it and says the total fell from 15 to 14: read from page 1 again.
     assert poller.pages == [1, 2, 1]
     assert check.listed == [target]
@@ -326,9 +337,9 @@ async def test_numbers_still_listed_after_every_round_are_dead_lettered_unconfir
         async with running_worker(settings, redis, client) as worker:
             await wait_for(lambda: drained(redis, prefix), timeout_s=30, what="backlog settled")
     rounds = settings.max_attempts
-    # The first request and its resend, then a request and its resend per round; one page
-    # per check: after the first answers and after each round.
-    assert (acks(api), polls(api)) == (2 + 2 * rounds, 1 + rounds)
+    # No blind resend: the first request, then one per round for the numbers still listed;
+    # one page per check: after the first answer and after each round.
+    assert (acks(api), polls(api)) == (1 + rounds, 1 + rounds)
     dead = await stream_fields(redis, Keys(prefix).dead)
     assert sorted(d["id"] for d in dead) == sorted(numbers)
     assert {d["reason"] for d in dead} == {"unconfirmed"}
@@ -349,7 +360,7 @@ async def test_numbers_still_listed_after_every_round_are_dead_lettered_unconfir
     assert (shown["rounds"], shown["elsewhere"]) == (rounds, 0)
 
 
-async def test_numbers_the_api_does_not_know_are_named_and_not_remembered(
+async def test_numbers_the_api_does_not_know_are_named_once_and_remembered(
     redis_server: RedisServer, redis: Redis, prefix: str, api: MockApi, client: DomainClient
 ) -> None:
     known = api.state.seed_random(6)
@@ -359,18 +370,21 @@ async def test_numbers_the_api_does_not_know_are_named_and_not_remembered(
     async with running_worker(settings, redis, client) as worker:
         await wait_for(lambda: drained(redis, prefix), timeout_s=30, what="backlog settled")
     [record] = await records(redis, prefix)
-    # Not listed: confirmed by these answers or unknown to the API, which cannot say which
-    # two of the eight; all eight are named, none remembered.
+    # Not listed: confirmed by this answer or unknown to the API, which cannot say which two
+    # of the eight; all eight are named, and every one is remembered.
     assert record["verified"] == "true"
     assert sorted(json.loads(record["ids"])) == sorted(known + strangers)
     assert (record["elsewhere"], record["unconfirmed"], record["unknown"]) == ("2", "[]", "[]")
     assert (worker.totals.confirmed, worker.totals.shortfall) == (6, 2)
+    assert (acks(api), polls(api)) == (1, 1)  # nothing sent again blind
 
-    before = acks(api)
+    # Late duplicates of the strangers cost no request and no second record.
     await enqueue(redis, Keys(prefix), strangers)
-    async with running_worker(settings, redis, client):
+    async with running_worker(settings, redis, client) as again:
         await wait_for(lambda: drained(redis, prefix), timeout_s=30, what="strangers settled")
-    assert acks(api) > before  # sent again: a number the API did not know is not remembered
+    assert (acks(api), polls(api)) == (1, 1)
+    assert (again.totals.duplicates, again.totals.shortfall) == (2, 0)
+    assert len(await records(redis, prefix)) == 1
 
 
 class PollBreaks:

@@ -187,25 +187,41 @@ class Holdings:
     """Every entry this process has read and not yet settled, by stream id.
 
     It is what shutdown hands back, and with a ``capacity`` it is the prefetch bound: the
-    intake waits for room before reading more.
+    intake waits for room before reading more. Parked entries (a short batch's, waiting for
+    its verification, bounded by ``verify_max_numbers``) are held but take no room: they must
+    not stop the intake whose progress the verification waits for.
     """
 
     def __init__(self, capacity: int | None = None) -> None:
         self._held: dict[bytes, Entry] = {}
+        self._parked: set[bytes] = set()
         self._capacity = capacity
         self._room: anyio.Event | None = None
 
     @property
     def full(self) -> bool:
-        """True when holding ``capacity`` entries or more."""
-        return self._capacity is not None and len(self._held) >= self._capacity
+        """True when holding ``capacity`` entries or more, parked ones not counted."""
+        return self._capacity is not None and self._taking_room >= self._capacity
+
+    @property
+    def _taking_room(self) -> int:
+        return len(self._held) - len(self._parked)
 
     @property
     def free(self) -> int:
         """How many more entries fit before ``capacity`` (a large number without one)."""
         if self._capacity is None:
             return 1 << 30
-        return max(0, self._capacity - len(self._held))
+        return max(0, self._capacity - self._taking_room)
+
+    def park(self, entries: list[Entry]) -> None:
+        """Held entries that wait for their batch's verification: they take no room."""
+        self._parked.update(e.entry_id for e in entries if e.entry_id in self._held)
+        self._wake()
+
+    def is_parked(self, entry: Entry) -> bool:
+        """True for an entry parked by :meth:`park` and not yet discarded."""
+        return entry.entry_id in self._parked
 
     async def wait_for_room(self) -> None:
         """Return once fewer than ``capacity`` entries are held."""
@@ -234,6 +250,10 @@ class Holdings:
         """Forget settled or handed-back entries."""
         for e in entries:
             self._held.pop(e.entry_id, None)
+            self._parked.discard(e.entry_id)
+        self._wake()
+
+    def _wake(self) -> None:
         if self._room is not None and not self.full:
             self._room.set()
             self._room = None

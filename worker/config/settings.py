@@ -90,7 +90,10 @@ class Settings:
     poll_task_no: str | None = None
     poll_domain_name: str | None = None
     verify_shortfall: bool = True
-    verify_max_pages: int = 5
+    verify_max_pages: int = 20
+    verify_linger_ms: int = 500
+    verify_max_wait_ms: int = 10_000
+    verify_max_numbers: int = 10_000
     credentials: CredentialSource
     # The [accounts.<name>] tables: accounts besides the default one (the top-level settings).
     named_accounts: Mapping[str, Account] = field(default_factory=dict, compare=False, hash=False)
@@ -205,7 +208,13 @@ SPECS: tuple[k.Spec, ...] = (
           "DomainName filter of ackworker poll; unset polls every domain.", k.check_domain_name,
           optional=True),
     k.flag("verify_shortfall", "Ask PollTaskResult which numbers a short batch left unconfirmed."),
-    k.integer("verify_max_pages", 1, 1000, "Most PollTaskResult pages read per shortfall."),
+    k.integer("verify_max_pages", 1, 1000, "Most PollTaskResult pages one verification reads."),
+    k.integer("verify_linger_ms", 0, 60_000,
+              "Least milliseconds a verification round gathers shortfalls before it asks."),
+    k.integer("verify_max_wait_ms", 0, 600_000,
+              "Most milliseconds a shortfall waits for a cheaper verification round."),
+    k.integer("verify_max_numbers", 1, 1_000_000,
+              "Most numbers gathered for one verification round (bounds parked entries)."),
 )
 # fmt: on
 _SPEC_BY_NAME = {spec.name: spec for spec in SPECS}

@@ -26,7 +26,8 @@ from worker.config.settings import Settings
 from worker.entries import Batch, Holdings
 from worker.errors import ConfigError
 from worker.observe.metered import MeteredClient, MeteredLimiter
-from worker.pipeline.processor import Processor, ProcessorDeps
+from worker.pipeline.coalesce import HubConfig, VerifyHub
+from worker.pipeline.processor import Processor, ProcessorDeps, Work
 from worker.pipeline.sendgate import SendGate
 from worker.pipeline.verify import Verifier
 from worker.retry import RetryPolicy
@@ -39,11 +40,11 @@ from worker.store.limiter import RateLimiter
 from worker.store.outage import OutageRule
 from worker.store.settle import Settler
 from worker.store.source import SourceConfig, StreamSource
-from worker.totals import Totals
+from worker.totals import POLL, Totals
 
-Spawn = Callable[[str, Batch], None]
-"""``spawn(account, batch)``: run a recheck of ``batch`` on ``account``'s lane, in the
-worker's pipeline task group."""
+Spawn = Callable[[str, Work, Batch], None]
+"""``spawn(account, work, batch)``: run ``work(batch)`` on ``account``'s lane, in the
+worker's pipeline task group (a recheck of busy numbers, a shortfall's verification)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,8 @@ class Lane:
     """One account's pipeline: ``keys.tasks`` is the stream it reads, ``holdings`` what it
     has read and not settled (bounded), ``gate`` and ``limiter`` whether it may send (refused
     credentials; the fleet's rate and outage pause), ``processor`` takes its batches to their
-    outcome, ``renewer`` keeps the held entries from being claimed by another consumer."""
+    outcome, ``renewer`` keeps the held entries from being claimed by another consumer,
+    ``hub`` (None with verification off) checks the shortfalls of its batches together."""
 
     account: str
     keys: Keys
@@ -86,6 +88,7 @@ class Lane:
     holdings: Holdings
     processor: Processor
     renewer: LeaseRenewer
+    hub: VerifyHub | None = None
 
 
 def is_routed(settings: Settings) -> bool:
@@ -144,11 +147,26 @@ class _LaneBuilder:
         # About 2 x concurrency x batch_size: queued batches plus those being sent, plus one.
         holdings = Holdings(s.batch_size * (2 * s.concurrency + 1))
         limiter = self._limiter(account, holdings)
-        processor = self._processor(name, client.client, gate, limiter, source.settler, holdings)
+        slots = anyio.Semaphore(s.concurrency)
+        verifier = build_verifier(
+            s,
+            client.client,
+            policy=p.policy,
+            clock=p.clock,
+            rng=p.rng,
+            slots=slots,
+            counted=lambda: self.totals.count_request(POLL, name),
+        )
+        hub = None if verifier is None else VerifyHub(verifier, limiter, hub_config(s), p.clock)
+        processor = self._processor(
+            name, client.client, gate, limiter, source.settler, holdings, slots, hub
+        )
         renewer = LeaseRenewer(
             p.redis, keys, s.consumer, holdings, claim_idle_ms=s.claim_idle_ms, clock=p.clock
         )
-        return Lane(name, keys, gate, limiter, source.settler, source, holdings, processor, renewer)
+        return Lane(
+            name, keys, gate, limiter, source.settler, source, holdings, processor, renewer, hub
+        )
 
     def _limiter(self, account: Account, holdings: Holdings) -> MeteredLimiter:
         p, policy = self.parts, self.parts.policy
@@ -172,10 +190,10 @@ class _LaneBuilder:
         limiter: RateLimiter,
         settler: Settler,
         holdings: Holdings,
+        slots: anyio.Semaphore,
+        hub: VerifyHub | None,
     ) -> Processor:
         s, p, totals = self.settings, self.parts, self.totals
-        slots = anyio.Semaphore(s.concurrency)
-        verifier = build_verifier(s, client, policy=p.policy, clock=p.clock, rng=p.rng, slots=slots)
         dedupe = Dedupe(p.redis, p.keys, s.consumer, DedupeConfig(s.dedupe_ttl_s, s.claim_idle_ms))
         deps = ProcessorDeps(
             dedupe=dedupe,
@@ -186,11 +204,11 @@ class _LaneBuilder:
             policy=p.policy,
             holdings=holdings,
             totals=totals,
-            spawn=lambda batch: self.spawn(name, batch),
+            spawn=lambda work, batch: self.spawn(name, work, batch),
             send_slots=slots,
             clock=p.clock,
             rng=p.rng,
-            verifier=verifier,
+            hub=hub,
         )
         return Processor(deps)
 
@@ -203,18 +221,30 @@ def build_verifier(
     clock: Clock = SYSTEM_CLOCK,
     rng: random.Random | None = None,
     slots: anyio.Semaphore | None = None,
+    counted: Callable[[], None] = lambda: None,
 ) -> Verifier | None:
     """A verifier for one account's client, or None when ``verify_shortfall`` is off or the
     client cannot poll (a test's scripted API). ``slots`` (the lane's send slots) bound the
-    pages in flight together with the acknowledgements."""
+    pages in flight together with the acknowledgements; ``counted`` counts each poll."""
     if not settings.verify_shortfall or not isinstance(client, PollClient):
         return None
     return Verifier(
         client,
-        max_pages=settings.verify_max_pages,
         page_size=settings.poll_page_size,
         policy=policy,
         clock=clock,
         rng=rng,
         slots=slots,
+        counted=counted,
+    )
+
+
+def hub_config(settings: Settings) -> HubConfig:
+    """When and how much a lane's :class:`VerifyHub` reads, from the settings."""
+    s = settings
+    return HubConfig(
+        linger_s=s.verify_linger_ms / 1000.0,
+        max_wait_s=s.verify_max_wait_ms / 1000.0,
+        max_numbers=s.verify_max_numbers,
+        max_pages=s.verify_max_pages,
     )

@@ -2,8 +2,10 @@
 
 Every batch ends in exactly one ``batch.settled`` event, however it was split or retried.
 Outcomes per number: confirmed, duplicate, dead-lettered (``rejected``, ``retries_exhausted``,
-``unconfirmed``), or recorded in ``<prefix>:reconcile`` (a batch still short after its resend
-is verified first when a verifier is wired: :mod:`worker.pipeline.verify`). Fatal answers
+``unconfirmed``), or recorded in ``<prefix>:reconcile``. A short batch is never re-sent
+blind: with verification on it waits, in a task of its own, for the account's
+:class:`~worker.pipeline.coalesce.VerifyHub` to learn which of its numbers are still listed,
+and only those are sent again. Fatal answers
 never settle anything: the :class:`~worker.pipeline.sendgate.SendGate` holds the batch until
 sending works again. Neither does an endpoint that is away: the limiter pauses the account's
 sending fleet-wide (:mod:`worker.store.limiter`), and a batch is dead-lettered
@@ -14,7 +16,7 @@ API answers others.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -24,17 +26,11 @@ from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
 from worker.entries import Batch, Entry, Holdings
 from worker.errors import ApiError, PermanentApiError, describe
 from worker.logs import get_logger
-from worker.pipeline.reconciler import (
-    Resolution,
-    assess,
-    needs_resend,
-    reconcile_record,
-    verdict_fields,
-)
+from worker.pipeline.coalesce import VerifyHub
+from worker.pipeline.reconciler import Resolution, assess, reconcile_record, verdict_fields
 from worker.pipeline.report import BatchReport
 from worker.pipeline.sender import Sender
 from worker.pipeline.sendgate import SendGate
-from worker.pipeline.verify import Verifier
 from worker.reasons import DeadReason
 from worker.retry import RetryPolicy
 from worker.store.connection import REDIS_ERRORS
@@ -47,6 +43,11 @@ from worker.totals import Totals
 log = get_logger("processor")
 
 BUSY_RECHECK_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+Work = Callable[[Batch], Awaitable[None]]
+Spawn = Callable[[Work, Batch], None]
+"""``spawn(work, batch)``: run ``work(batch)`` as a task of the lane's own (the worker's
+pipeline task group), so a sender is not held while it waits."""
 
 
 @dataclass(slots=True)
@@ -61,13 +62,13 @@ class ProcessorDeps:
     policy: RetryPolicy
     holdings: Holdings
     totals: Totals
-    spawn: Callable[[Batch], None]
+    spawn: Spawn
     # At most `concurrency` requests in flight, rechecks of busy numbers included.
     send_slots: anyio.Semaphore
     clock: Clock = SYSTEM_CLOCK
     rng: random.Random = field(default_factory=random.Random)
-    # Asks PollTaskResult which numbers a short batch left unconfirmed; None: unverified.
-    verifier: Verifier | None = None
+    # Learns which numbers short batches left unconfirmed; None: shortfalls go unverified.
+    hub: VerifyHub | None = None
 
 
 class Processor:
@@ -83,14 +84,22 @@ class Processor:
         A Redis failure is raised (the runner logs ``batch.abandoned``) after this process
         forgets the entries it was still responsible for: they stay pending and are claimed
         later. Entries handed to a recheck are not among them: the recheck still works on
-        them, and the lease renewer must go on keeping them ours.
+        them, and the lease renewer must go on keeping them ours; nor are a short batch's
+        parked entries, which its verification task still works on.
         """
         deferred: list[str] = []
         try:
             await self._process(batch, deferred)
         except REDIS_ERRORS:
             handed = set(deferred)
-            mine = [e for n, group in batch.groups.items() if n not in handed for e in group]
+            parked = self._d.holdings.is_parked
+            mine = [
+                e
+                for n, group in batch.groups.items()
+                if n not in handed
+                for e in group
+                if not parked(e)
+            ]
             self._d.holdings.discard(mine)
             raise
 
@@ -112,7 +121,12 @@ class Processor:
             for entry in go.entries():
                 entry.lease = batch.batch_id
             await self._deliver(go, report)
-        if report.size:
+        self._part_done(report)
+
+    def _part_done(self, report: BatchReport) -> None:
+        """Log ``batch.settled`` once the last part of the batch is done."""
+        d = self._d
+        if report.part_done() and report.size:
             d.totals.batches += 1
             log.info("batch.settled", **report.fields(d.clock.monotonic()))
 
@@ -124,7 +138,7 @@ class Processor:
             busy.batch_id = f"{batch.batch_id}.r{batch.rechecks + 1}"
         busy.rechecks = batch.rechecks + 1
         report.size -= busy.size
-        self._d.spawn(busy)
+        self._d.spawn(self.recheck_busy, busy)
 
     async def recheck_busy(self, batch: Batch) -> None:
         """Process numbers that were busy, after a back-off that grows with each recheck.
@@ -151,27 +165,15 @@ class Processor:
     async def _send(self, batch: Batch, report: BatchReport) -> AckResult | ApiError:
         return await self._sender.send(batch, report)
 
-    async def _answers(self, batch: Batch, first: int, report: BatchReport) -> list[int]:
-        """``first`` and, when it is short, the ``Result`` of one resend."""
-        results = [first]
-        if needs_resend(len(batch.groups), first):
-            try:
-                again = await self._send(batch, report)
-            except REDIS_ERRORS as exc:
-                # The first answer is kept: the batch settles on it, short, and is recorded.
-                _followup_failed(batch, "resend", exc)
-                return results
-            if isinstance(again, AckResult):
-                results.append(again.result)
-        return results
-
     async def _reconcile(self, batch: Batch, first: AckResult, report: BatchReport) -> None:
         d = self._d
         submitted = len(batch.groups)
-        verdict = assess(submitted, await self._answers(batch, first.result, report))
+        verdict = assess(submitted, [first.result])
+        if d.hub is not None:
+            d.hub.note_confirmed(verdict.confirmed)
         if verdict.shortfall:
             log.warning("batch.shortfall", **verdict_fields(batch, verdict, report.request_ids))
-            await self._resolve(Resolution.start(batch, verdict), report)
+            await self._short(Resolution.start(batch, verdict), report)
             return
         entry_ids = [e.entry_id for e in batch.entries()]
         settlement = Settlement(entry_ids, batch.digests(), release=leases_of(batch.entries()))
@@ -190,13 +192,36 @@ class Processor:
 
         await self._settle(settlement, batch.entries(), count)
 
-    async def _resolve(self, case: Resolution, report: BatchReport) -> None:
-        """Without a verifier, record the whole short batch. With one: check, re-send what
-        ``PollTaskResult`` still lists (``<batch_id>.v<n>``, at most ``max_attempts`` rounds),
-        then settle the whole batch once, with its reconcile record."""
+    async def _short(self, case: Resolution, report: BatchReport) -> None:
+        """Without verification, settle the short batch at once, recorded whole. With it,
+        park its entries and go on in a task of its own, so no sender waits for the check."""
         d = self._d
-        while await self._check(case):
-            await d.clock.sleep(d.policy.delay_s(case.rounds + 1, None, d.rng))
+        if d.hub is None:
+            case.unchecked()
+            await self._settle_case(case, report)
+            return
+        d.holdings.park(case.batch.entries())
+        report.parts += 1
+        d.spawn(lambda _: self._verify(case, report), case.batch)
+
+    async def _verify(self, case: Resolution, report: BatchReport) -> None:
+        """Check, re-send what ``PollTaskResult`` still lists (``<batch_id>.v<n>``, at most
+        ``max_attempts`` rounds), then settle the whole batch once, with its record."""
+        try:
+            await self._verify_rounds(case, report)
+            await self._settle_case(case, report)
+        except REDIS_ERRORS:
+            self._d.holdings.discard(case.batch.entries())
+            raise
+        self._part_done(report)
+
+    async def _verify_rounds(self, case: Resolution, report: BatchReport) -> None:
+        d = self._d
+        assert d.hub is not None
+        while True:
+            case.absorb(await d.hub.check(case.batch.subset(case.open)))
+            if not case.open or case.rounds >= d.policy.max_attempts:
+                return
             remainder = case.next_round()
             try:
                 sent = await self._send(remainder, report)
@@ -204,13 +229,19 @@ class Processor:
                 # What the answers so far proved is kept; the rest is recorded unplaced.
                 _followup_failed(remainder, "resend", exc)
                 case.unchecked()
-                break
+                return
             if isinstance(sent, ApiError):
                 case.give_up(_dead_reason(sent), sent.summary())
-                break
-            if case.answered_round(await self._answers(remainder, sent.result, report)):
-                break
+                return
+            d.hub.note_confirmed(sent.result)
+            if case.answered_round(sent.result):
+                return
+
+    async def _settle_case(self, case: Resolution, report: BatchReport) -> None:
+        d = self._d
         tally = case.tally()
+        if case.seen:
+            report.add_verification(case.seen)
 
         def count() -> None:
             tally.add_to(report, d.totals)
@@ -220,22 +251,13 @@ class Processor:
         settlement = case.settlement(report.request_ids, report.attempts, self._now())
         await self._settle(settlement, case.batch.entries(), count)
 
-    async def _check(self, case: Resolution) -> bool:
-        """Check the open numbers; True when some are still listed and rounds are left."""
-        d = self._d
-        if d.verifier is None:
-            case.unchecked()
-            return False
-        # The verifier takes a send slot per page in flight (see lanes.build_verifier).
-        check = await d.verifier.check(case.batch.subset(case.open), d.limiter)
-        case.absorb(check)
-        return bool(case.open) and case.rounds < d.policy.max_attempts
-
     async def _dead_letter(
         self, batch: Batch, reason: str, exc: ApiError, report: BatchReport
     ) -> None:
         at = self._now()
-        settlement = Settlement(release=leases_of(batch.entries()))
+        # Remembered too: a late duplicate of a dead-lettered number costs no request
+        # (``ackworker dead replay`` forgets them again).
+        settlement = Settlement(remember=batch.digests(), release=leases_of(batch.entries()))
         for entry in batch.entries():
             settlement.ack.append(entry.entry_id)
             record = entry_dead_letter(entry, reason, exc.summary(), report.attempts, at)

@@ -1,13 +1,16 @@
 """Reconciliation: what the ``Result`` of each request says about the numbers sent.
 
 ``Result`` counts numbers the service newly confirmed. A shortfall says how many were not
-confirmed, not which; re-sending the same batch is safe because already confirmed numbers
-count 0, so the sum of the answers is what was confirmed.
+confirmed, not which, so a short batch is never sent again blind: re-sending it would spend
+a request on numbers already confirmed, and the numbers the API does not list would come up
+short again anyway.
 
-When a batch is still short after its resend and verification is on, :class:`Resolution`
-keeps the books while :mod:`worker.pipeline.verify` asks ``PollTaskResult`` which numbers are still
-listed and the processor re-sends those, round by round: every number ends confirmed (and
-remembered), dead-lettered ``unconfirmed``, or named in one verified reconcile record.
+When verification is on, :class:`Resolution` keeps the books while
+:mod:`worker.pipeline.coalesce` asks ``PollTaskResult`` which numbers are still listed, and the
+processor re-sends only those, round by round: every number ends confirmed, found not listed
+(confirmed elsewhere or unknown to the API), dead-lettered ``unconfirmed``, or, when no check
+could place it, named unplaced in the batch's one reconcile record. Without verification the
+record names the whole batch, and nothing is sent again.
 """
 
 from __future__ import annotations
@@ -53,11 +56,6 @@ def assess(submitted: int, results: Sequence[int]) -> Verdict:
         shortfall=max(0, submitted - total),
         overcount=max(0, total - submitted),
     )
-
-
-def needs_resend(submitted: int, first_result: int) -> bool:
-    """A short first answer earns exactly one resend of the same batch."""
-    return first_result < submitted
 
 
 def _json(values: Sequence[str]) -> str:
@@ -138,12 +136,12 @@ class Resolution:
 
     ``open``: numbers ``PollTaskResult`` still listed at the last check, to be sent again.
     ``confirmed``: numbers proved confirmed by this batch's own answers (every not-listed
-    number of a round whose answers confirmed exactly that many): remembered for dedupe.
+    number of a round whose answers confirmed exactly that many).
     ``unaccounted``: not-listed numbers of a round whose answers do not account for them all;
     ``elsewhere`` of them (at least; exactly when nothing was ``unknown``) were confirmed by
-    someone else or are unknown to the API. They are not remembered: a number the API does
-    not know yet may be finished and sent again later.
-    ``unknown``: numbers no check could place.
+    someone else or are unknown to the API: the batch's recorded shortfall.
+    ``unknown``: numbers no check could place. All but these are remembered for dedupe.
+    ``seen`` sums what the checks found, for the batch's log line.
     """
 
     batch: Batch
@@ -158,15 +156,19 @@ class Resolution:
     verified: bool = False
     dead_reason: str = DeadReason.UNCONFIRMED.value
     dead_error: str = ""
+    seen: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def start(cls, batch: Batch, verdict: Verdict) -> Resolution:
-        """The books after the batch's first answers (and its resend)."""
+        """The books after the batch's first answer."""
         return cls(batch, verdict.confirmed, verdict.confirmed, batch.numbers)
 
     def absorb(self, check: Check) -> None:
         """Place the open numbers by what a check of them learnt; log the check."""
         where = {"batch_id": self.batch.batch_id, "round": self.rounds, **check.counts()}
+        for name in ("listed", "not_listed", "unknown", "pages"):
+            self.seen[name] = self.seen.get(name, 0) + int(where[name] or 0)
+        self.seen["checks"] = self.seen.get("checks", 0) + 1
         if check.failed:
             log.warning("reconcile.verify_failed", **where)
             self.unchecked()
@@ -192,9 +194,9 @@ class Resolution:
         b = self.batch
         return Batch(f"{b.batch_id}.v{self.rounds}", {n: b.groups[n] for n in self.open}, b.account)
 
-    def answered_round(self, results: Sequence[int]) -> bool:
-        """Book the answers to a re-send of the open numbers; True when they confirmed all."""
-        self.answered = min(sum(results), len(self.open))
+    def answered_round(self, result: int) -> bool:
+        """Book the answer to a re-send of the open numbers; True when it confirmed all."""
+        self.answered = min(result, len(self.open))
         self.answered_total += self.answered
         if self.answered < len(self.open):
             return False
@@ -222,13 +224,17 @@ class Resolution:
             shortfall=max(0, submitted - confirmed - len(self.open)),
         )
 
+    def remembered(self) -> list[str]:
+        """The numbers dedupe memory keeps: all but the ones no check could place."""
+        unplaced = set(self.unknown)
+        return [n for n in self.batch.numbers if n not in unplaced]
+
     def settlement(self, request_ids: Sequence[str], attempts: int, at: str) -> Settlement:
-        """The one settle of the whole batch: every entry acknowledged, proved numbers
+        """The one settle of the whole batch: every entry acknowledged, placed numbers
         remembered, open ones dead-lettered, and the reconcile record."""
         b = self.batch
         s = Settlement(ack=[e.entry_id for e in b.entries()], release=leases_of(b.entries()))
-        if self.confirmed:
-            s.confirmed = b.subset(self.confirmed).digests()
+        s.remember = b.subset(self.remembered()).digests()
         t = self.tally()
         for number in self.open:
             for entry in b.groups[number]:

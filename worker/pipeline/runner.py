@@ -36,6 +36,7 @@ from worker.pipeline.lanes import (
     build_source,
     is_routed,
 )
+from worker.pipeline.processor import Work
 from worker.pipeline.router import Router, orphaned_accounts
 from worker.retry import redis_backoff_s
 from worker.store.connection import REDIS_ERRORS
@@ -60,7 +61,7 @@ class Worker:
         self._tg: TaskGroup | None = None
         self._pipeline_tg: TaskGroup | None = None
         self._orphans: list[str] = []
-        self._lanes = build_lanes(settings, parts, self.totals, self._spawn_recheck)
+        self._lanes = build_lanes(settings, parts, self.totals, self._spawn)
         self._housekeeper = build_housekeeper(settings, parts, self._lanes.values())
 
     @property
@@ -130,6 +131,8 @@ class Worker:
                     for lane in self._lanes.values():
                         tg.start_soon(lane.renewer.run)
                         tg.start_soon(lane.limiter.watch)
+                        if lane.hub is not None:
+                            tg.start_soon(lane.hub.run, self._stop.stopping)
                     tg.start_soon(self._housekeeper.run)
                     log.info("worker.started", consumer=self._s.consumer, **self._public_settings())
                     task_status.started()
@@ -254,13 +257,13 @@ class Worker:
                 error=describe(exc),
             )
 
-    def _spawn_recheck(self, account: str, batch: Batch) -> None:
+    def _spawn(self, account: str, work: Work, batch: Batch) -> None:
         if self._pipeline_tg is not None:
-            self._pipeline_tg.start_soon(self._recheck, self._lanes[account], batch)
+            self._pipeline_tg.start_soon(self._spawned, self._lanes[account], work, batch)
 
-    async def _recheck(self, lane: Lane, batch: Batch) -> None:
+    async def _spawned(self, lane: Lane, work: Work, batch: Batch) -> None:
         with structlog.contextvars.bound_contextvars(account=lane.account):
-            await self._guarded(lane, lane.processor.recheck_busy, batch)
+            await self._guarded(lane, work, batch)
 
     async def _grace_timer(self) -> None:
         await anyio.sleep(self._s.shutdown_grace_s)

@@ -1,22 +1,25 @@
-"""Verified reconciliation: ask ``PollTaskResult`` which numbers of a short batch are unconfirmed.
+"""Reading ``PollTaskResult``: which of a set of numbers are still unconfirmed.
 
 A shortfall says how many numbers were not confirmed, not which. ``PollTaskResult`` lists the
-finished tasks not yet acknowledged, so once a batch's answers are in, each number is
+finished tasks not yet acknowledged, so once a request's answer is in, each of its numbers is
 
-- **listed**: still unacknowledged, so it was not confirmed (the processor sends it again);
-- **not listed**: confirmed, by this batch's requests or elsewhere, or unknown to the API;
+- **listed**: still unacknowledged, so it was not confirmed (it is sent again);
+- **not listed**: confirmed, by this request or elsewhere, or unknown to the API;
 - **unknown**: the query that would list it could not be read to its end within the budget.
 
-Numbers are grouped by the ``task_no`` their entries carry (one ``TaskNo``-filtered query per
-task), then by ``domain`` (one ``DomainName``-filtered query each), and the rest share one
-unfiltered scan. Every query of one shortfall shares ``verify_max_pages`` pages; each page
-first takes a slot of the account's shared rate limiter, like a send.
+:func:`plan` groups numbers by the ``task_no`` their entries carry (one ``TaskNo``-filtered
+query per task), then by ``domain`` (one ``DomainName``-filtered query each); the rest need
+the unfiltered listing, which also covers every other number. :mod:`worker.pipeline.coalesce`
+decides which of the two to read, for the shortfalls of many batches at once. Every page
+first takes a slot of the account's shared rate limiter, like a send, and is counted as a
+``poll`` request.
 
 A query proves a number is not listed only when it was read to its last page and the listing
 did not change while it was read (the same ``TotalItemNum`` on every page): acknowledging
 shifts later results to earlier pages, so a number could slip past a reader between pages.
-When the total changed the query is read again from page 1, as long as pages are left.
-A query stops early once every number it looks for was found listed.
+One page is a snapshot, so a query that fits on one page is always proof. When the total
+changed the query is read again from page 1, as long as pages are left. A query stops early
+once every number it looks for was found listed.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
 
 from worker.api.client import PollClient, PollPage
 from worker.clock import SYSTEM_CLOCK, Clock
-from worker.entries import Batch, Entry
+from worker.entries import Entry
 from worker.errors import ApiError, describe
 from worker.logs import get_logger
 from worker.retry import ApiRetry, RetryPolicy
@@ -42,22 +46,30 @@ log = get_logger("verify")
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """One ``PollTaskResult`` listing (filtered by ``task_no`` or ``domain``, or neither) and
-    the numbers it should list if they are still unacknowledged."""
+    """One ``PollTaskResult`` listing (filtered by ``task_no`` or ``domain``, or neither:
+    the whole listing) and the numbers it should list if they are still unacknowledged."""
 
     numbers: tuple[str, ...]
     task_no: str | None = None
     domain: str | None = None
 
+    @property
+    def is_scan(self) -> bool:
+        """True for the unfiltered listing."""
+        return self.task_no is None and self.domain is None
+
 
 @dataclass(slots=True)
 class Check:
-    """What verification learnt about a batch's numbers (each list in batch order)."""
+    """What verification learnt about a batch's numbers (each list in batch order).
+    ``pages``: poll requests of the round that checked them, ``batches``: how many short
+    batches that round checked together."""
 
     listed: list[str] = field(default_factory=list)
     not_listed: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     pages: int = 0
+    batches: int = 1
     error: str | None = None
 
     @property
@@ -72,20 +84,48 @@ class Check:
             "not_listed": len(self.not_listed),
             "unknown": len(self.unknown),
             "pages": self.pages,
+            "batches": self.batches,
             "error": self.error,
         }
 
 
-def _first(entries: list[Entry], name: str) -> str | None:
+@dataclass(slots=True)
+class Findings:
+    """What one round of queries read: numbers ``listed``, numbers ``proven`` not listed
+    (their query was read whole), the ``pages`` read, the ``error`` that ended the round
+    early, and ``total``, the whole listing's ``TotalItemNum`` when the round read it."""
+
+    listed: set[str] = field(default_factory=set)
+    proven: set[str] = field(default_factory=set)
+    pages: int = 0
+    error: str | None = None
+    permanent: bool = False
+    total: int | None = None
+
+    def check(self, numbers: Iterable[str], batches: int) -> Check:
+        """The check of ``numbers`` (in their order) by what this round read."""
+        c = Check(pages=self.pages, batches=batches, error=self.error)
+        for number in numbers:
+            if number in self.listed:
+                c.listed.append(number)
+            elif number in self.proven and self.error is None:
+                c.not_listed.append(number)
+            else:
+                c.unknown.append(number)
+        return c
+
+
+def _first(entries: Sequence[Entry], name: str) -> str | None:
     return next((v for e in entries if (v := getattr(e, name))), None)
 
 
-def plan(batch: Batch) -> list[Query]:
-    """The queries that cover ``batch``: per task, per domain, then one scan for the rest."""
+def plan(groups: Mapping[str, Sequence[Entry]]) -> list[Query]:
+    """The filtered queries that cover ``groups`` (number -> its entries): per task, per
+    domain, then one unfiltered scan for the numbers that carry neither."""
     by_task: dict[str, list[str]] = {}
     by_domain: dict[str, list[str]] = {}
     rest: list[str] = []
-    for number, entries in batch.groups.items():
+    for number, entries in groups.items():
         if task_no := _first(entries, "task_no"):
             by_task.setdefault(task_no, []).append(number)
         elif domain := _first(entries, "domain"):
@@ -100,7 +140,7 @@ def plan(batch: Batch) -> list[Query]:
 
 
 class _Budget:
-    """Pages left for one shortfall."""
+    """Pages left for one round."""
 
     def __init__(self, pages: int) -> None:
         self.left = pages
@@ -115,80 +155,73 @@ class _Budget:
 
 
 class Verifier:
-    """Checks short batches against ``PollTaskResult``; one instance per account.
+    """Reads ``PollTaskResult`` for one account.
 
-    ``max_pages`` bounds the pages read per shortfall, ``page_size`` is each page's
-    ``PageSize``; a retryable error is retried per page like a send, up to the policy's
-    ``max_attempts``, a throttling answer reported to the limiter.
+    ``page_size`` is each page's ``PageSize``; a retryable error is retried per page like a
+    send, up to the policy's ``max_attempts``, a throttling answer reported to the limiter.
+    ``counted`` is called once per request sent (the ``poll`` request counter).
     """
 
     def __init__(
         self,
         poller: PollClient,
         *,
-        max_pages: int,
         page_size: int,
         policy: RetryPolicy,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         slots: anyio.Semaphore | None = None,
+        counted: Callable[[], None] = lambda: None,
     ) -> None:
         self._poller = poller
         # The lane's send slots: a page in flight counts like a send, a back-off does not.
         self._slots = slots
-        self._max_pages = max_pages
-        self._page_size = page_size
+        self.page_size = page_size
         self._policy = policy
         self._clock = clock
         self._rng = rng or random.Random()
+        self._counted = counted
 
-    async def check(self, batch: Batch, limiter: RateLimiter) -> Check:
-        """Which of ``batch``'s numbers are still listed; never raises an API or Redis error
-        (a failed check has ``error`` set and every number unknown)."""
-        budget = _Budget(self._max_pages)
-        listed: set[str] = set()
-        proven: set[str] = set()
+    async def read(self, queries: Sequence[Query], limiter: RateLimiter, pages: int) -> Findings:
+        """Read ``queries`` in order within ``pages`` pages; never raises an API or Redis
+        error (it ends the round with ``error`` set, and nothing read counts as proof)."""
+        budget = _Budget(pages)
+        found = Findings()
         try:
-            for query in plan(batch):
-                found, complete = await self._read(query, budget, limiter)
-                listed |= found
+            for query in queries:
+                listed, complete = await self._read(query, budget, limiter, found)
+                found.listed |= listed
                 if complete:
-                    proven.update(n for n in query.numbers if n not in found)
+                    found.proven.update(n for n in query.numbers if n not in listed)
         except ApiError as exc:
-            return Check(unknown=batch.numbers, pages=budget.used, error=exc.summary())
+            found.error, found.permanent = exc.summary(), not exc.retryable
         except REDIS_ERRORS as exc:
-            error = describe(exc)
-            return Check(unknown=batch.numbers, pages=budget.used, error=error)
-        check = Check(pages=budget.used)
-        for number in batch.numbers:
-            if number in listed:
-                check.listed.append(number)
-            elif number in proven:
-                check.not_listed.append(number)
-            else:
-                check.unknown.append(number)
-        return check
+            found.error = describe(exc)
+        found.pages = budget.used
+        return found
 
     async def _read(
-        self, query: Query, budget: _Budget, limiter: RateLimiter
+        self, query: Query, budget: _Budget, limiter: RateLimiter, found: Findings
     ) -> tuple[set[str], bool]:
         """The query's numbers found listed, and whether the listing was read to its end."""
         wanted = set(query.numbers)
-        found: set[str] = set()
+        listed: set[str] = set()
         while True:
             total: int | None = None
             for page_num in itertools.count(1):
                 if not budget.take():
-                    return found, False
+                    return listed, False
                 page = await self._page(query, page_num, limiter)
-                found |= wanted.intersection(item.task_detail_no for item in page.items)
-                if found == wanted:
-                    return found, True
+                if query.is_scan:
+                    found.total = page.total_items
+                listed |= wanted.intersection(item.task_detail_no for item in page.items)
+                if listed == wanted:
+                    return listed, True
                 if total is not None and page.total_items != total:
                     break  # the listing moved under us: read it again from page 1
                 total = page.total_items
                 if page_num >= page.total_pages and not page.next_page:
-                    return found, True
+                    return listed, True
 
     async def _page(self, query: Query, page_num: int, limiter: RateLimiter) -> PollPage:
         retry = ApiRetry(
@@ -202,8 +235,9 @@ class Verifier:
             try:
                 async with self._slots or contextlib.nullcontext():
                     await limiter.acquire(probe=False)  # it reports no outcome
+                    self._counted()
                     return await self._poller.poll_task_result(
-                        page_num, self._page_size, task_no=query.task_no, domain_name=query.domain
+                        page_num, self.page_size, task_no=query.task_no, domain_name=query.domain
                     )
             except ApiError as exc:
                 if not await retry.failed(exc):

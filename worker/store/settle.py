@@ -16,7 +16,7 @@ holds the entries. One script run, in this order:
    consumer (one ``XPENDING`` per entry). If one is not (a consumer that stalled past
    ``claim_idle_ms`` lost it to a claim, or it was settled already), the run writes no dead
    letter or reconcile record and acknowledges nothing: the outcomes are left to whoever holds
-   the entries (``settle.not_owner``). Even so it remembers the confirmed numbers, which keeps
+   the entries (``settle.not_owner``). Even so it remembers the numbers to remember, which keeps
    the API's answer (the claimer, reserving them, finds them confirmed and settles them as
    duplicates without a request), and releases this settlement's own leases. The ownership
    check is also what makes a repeat harmless once its stored reply has expired: an applied
@@ -83,7 +83,9 @@ class Settlement:
     recognisable (see the module docstring)."""
 
     ack: list[bytes] = field(default_factory=list)
-    confirmed: bytes = b""  # digests of the confirmed numbers (worker.ids.digests)
+    # Digests (worker.ids.digests) of the numbers dedupe memory keeps: confirmed, found not
+    # listed, or dead-lettered; a late duplicate of any of them costs no request.
+    remember: bytes = b""
     release: dict[str, str] = field(default_factory=dict)
     dead: list[dict[str, str]] = field(default_factory=list)
     reconcile: list[dict[str, str]] = field(default_factory=list)
@@ -142,7 +144,7 @@ class Settler:
             self._ttl_s,
             REPLY_TTL_S,
             b"\n".join(s.ack),
-            s.confirmed,
+            s.remember,
             join_numbers(s.release),
             join_numbers(s.release.values()),
             len(s.dead),

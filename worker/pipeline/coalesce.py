@@ -1,0 +1,245 @@
+"""Coalesced verification: the shortfalls of many batches checked by the same few polls.
+
+Every ``PollTaskResult`` page spends a request of the account's quota, as an
+acknowledgement does, so checking each short batch on its own would cost about a request per
+short batch. The :class:`VerifyHub` of an account gathers the short batches of every sender
+of this process and checks them together, once every one of their answers is in:
+
+- **Two ways to read.** Filtered queries (one per ``task_no``, then per ``domain``, see
+  :func:`~worker.pipeline.verify.plan`) cost about one page each; the unfiltered listing
+  costs ``ceil(TotalItemNum / poll_page_size)`` pages and covers every number at once.
+  Numbers that carry neither a task nor a domain can only be found in the listing.
+- **The rule: the cheaper of the two,** by pages. The listing's size is estimated from the
+  last ``TotalItemNum`` read, minus the numbers this process confirmed since (the listing
+  only shrinks as they are confirmed); an estimate older than half of ``verify_max_wait_ms``
+  is not trusted. With no estimate and more than one filtered query, one page of the
+  listing is read to learn its size (and, when it fits on that page, it is the whole proof).
+- **When to ask.** A round waits ``verify_linger_ms`` from its first shortfall to gather
+  more, and then goes as soon as one page checks everything gathered. While it would cost
+  more it keeps gathering, because a backlog being drained shrinks the listing, and the
+  shortfalls that arrive meanwhile ride along, until one of the bounds: the oldest shortfall
+  has waited ``verify_max_wait_ms``, ``verify_max_numbers`` numbers are gathered, or the
+  worker is draining. Then the cheaper plan is read, within ``verify_max_pages`` pages.
+
+A waiting batch holds no sender: its task waits here, its entries are parked in the lane's
+holdings (refreshed against claims, outside the prefetch bound). A poll the account may not
+make (a permanent or fatal answer) turns verification off for ``verify_max_wait_ms``; the
+shortfalls meanwhile are recorded unverified, without waiting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import anyio
+
+from worker.clock import SYSTEM_CLOCK, Clock
+from worker.entries import Batch, Entry
+from worker.logs import get_logger
+from worker.pipeline.verify import Check, Findings, Query, Verifier, plan
+from worker.store.limiter import RateLimiter
+
+log = get_logger("verify")
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    """``linger_s``: least wait to gather; ``max_wait_s``: most any shortfall waits;
+    ``max_numbers``: most numbers gathered before a round goes; ``max_pages``: most pages
+    one round reads."""
+
+    linger_s: float = 0.5
+    max_wait_s: float = 10.0
+    max_numbers: int = 10_000
+    max_pages: int = 20
+
+
+@dataclass(slots=True)
+class _Waiter:
+    groups: dict[str, list[Entry]]
+    since: float
+    done: anyio.Event = field(default_factory=anyio.Event)
+    check: Check | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The queries of a round; ``cost`` their pages, None when the listing's size is unknown."""
+
+    queries: list[Query]
+    cost: int | None
+
+    @property
+    def is_scan(self) -> bool:
+        """True when the plan reads the unfiltered listing."""
+        return len(self.queries) == 1 and self.queries[0].is_scan
+
+
+@dataclass(slots=True)
+class _Estimate:
+    total: int
+    at: float
+    confirmed_at: int
+
+
+class VerifyHub:
+    """Checks the shortfalls of one account's batches together (see the module docstring).
+
+    :meth:`check` is what a short batch awaits; :meth:`run`, a long-lived task of the worker,
+    does the rounds; :meth:`note_confirmed` keeps the listing's estimate current.
+    """
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        limiter: RateLimiter,
+        config: HubConfig,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._verifier = verifier
+        self._limiter = limiter
+        self._config = config
+        self._clock = clock
+        self._waiting: list[_Waiter] = []
+        self._gathered = 0
+        self._wake = anyio.Event()
+        self._stopping: anyio.Event | None = None
+        self._confirmed = 0
+        self._estimate: _Estimate | None = None
+        self._off_until = 0.0
+        self._off_error = ""
+
+    @property
+    def waiting(self) -> int:
+        """Numbers gathered for the next round."""
+        return self._gathered
+
+    def note_confirmed(self, count: int) -> None:
+        """This process's requests confirmed ``count`` more numbers of the account."""
+        self._confirmed += count
+
+    async def check(self, batch: Batch) -> Check:
+        """Which of ``batch``'s numbers are still listed, learnt in the next round."""
+        if self._clock.monotonic() < self._off_until:
+            return Check(unknown=batch.numbers, error=self._off_error)
+        waiter = _Waiter(dict(batch.groups), self._clock.monotonic())
+        self._waiting.append(waiter)
+        self._gathered += len(waiter.groups)
+        self._wake.set()
+        await waiter.done.wait()
+        assert waiter.check is not None
+        return waiter.check
+
+    async def run(self, stopping: anyio.Event | None = None) -> None:
+        """Do the rounds, for ever; ``stopping`` set makes every round go at once."""
+        self._stopping = stopping
+        while True:
+            if not self._waiting:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            probe = await self._gather()
+            await self._round(probe)
+
+    # --- when --------------------------------------------------------------------------
+
+    def _must_go(self, now: float) -> bool:
+        c = self._config
+        return (
+            (self._stopping is not None and self._stopping.is_set())
+            or self._gathered >= c.max_numbers
+            or now - self._waiting[0].since >= c.max_wait_s
+        )
+
+    async def _gather(self) -> bool:
+        """Wait until a round should go; True when it should only learn the listing's size."""
+        c = self._config
+        while True:
+            now = self._clock.monotonic()
+            if self._must_go(now):
+                return False
+            left = self._waiting[0].since + c.linger_s - now
+            if left <= 0:
+                cost = self.plan().cost
+                if cost is None:
+                    return True
+                if cost <= 1:
+                    return False
+                left = min(c.linger_s, self._waiting[0].since + c.max_wait_s - now)
+            await self._sleep_or_wake(left)
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        self._wake = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def timer() -> None:
+                await self._clock.sleep(seconds)
+                tg.cancel_scope.cancel()
+
+            async def woken(event: anyio.Event) -> None:
+                await event.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(timer)
+            tg.start_soon(woken, self._wake)
+            if self._stopping is not None:
+                tg.start_soon(woken, self._stopping)
+
+    # --- what --------------------------------------------------------------------------
+
+    def _groups(self) -> dict[str, list[Entry]]:
+        merged: dict[str, list[Entry]] = {}
+        for waiter in self._waiting:
+            for number, entries in waiter.groups.items():
+                merged.setdefault(number, []).extend(entries)
+        return merged
+
+    def listing_pages(self) -> int | None:
+        """Pages the whole listing is estimated to take; None when not known."""
+        e = self._estimate
+        if e is None or self._clock.monotonic() - e.at > self._config.max_wait_s / 2:
+            return None
+        left = max(0, e.total - (self._confirmed - e.confirmed_at))
+        return max(1, -(-left // self._verifier.page_size))
+
+    def plan(self) -> Plan:
+        """The cheaper way to check everything gathered (see the module docstring)."""
+        groups = self._groups()
+        filtered = plan(groups)
+        scan = Plan([Query(tuple(groups))], self.listing_pages())
+        if any(q.is_scan for q in filtered):
+            return scan
+        if scan.cost is None:
+            return Plan(filtered, 1) if len(filtered) <= 1 else scan
+        return scan if scan.cost <= len(filtered) else Plan(filtered, len(filtered))
+
+    # --- the round ---------------------------------------------------------------------
+
+    async def _round(self, probe: bool) -> None:
+        chosen = self.plan()
+        pages = 1 if probe else self._config.max_pages
+        found = await self._verifier.read(chosen.queries, self._limiter, pages)
+        self._learn(found)
+        if probe and found.error is None and not _covers(found, chosen.queries):
+            return  # learnt the listing's size; go on gathering
+        self._serve(found)
+
+    def _learn(self, found: Findings) -> None:
+        if found.total is not None:
+            self._estimate = _Estimate(found.total, self._clock.monotonic(), self._confirmed)
+        if found.permanent:
+            self._off_until = self._clock.monotonic() + self._config.max_wait_s
+            self._off_error = f"verification unavailable: {found.error}"
+            log.warning("reconcile.verify_off", error=found.error, off_s=self._config.max_wait_s)
+
+    def _serve(self, found: Findings) -> None:
+        served, self._waiting, self._gathered = self._waiting, [], 0
+        for waiter in served:
+            waiter.check = found.check(waiter.groups, len(served))
+            waiter.done.set()
+
+
+def _covers(found: Findings, queries: Sequence[Query]) -> bool:
+    """True when every number of ``queries`` was placed (found listed or proven not)."""
+    return all(n in found.listed or n in found.proven for q in queries for n in q.numbers)
