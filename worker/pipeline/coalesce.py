@@ -11,8 +11,8 @@ of this process and checks them together, once every one of their answers is in:
   Numbers that carry neither a task nor a domain can only be found in the listing.
 - **The rule: the cheaper of the two,** by pages. The listing's size is estimated from the
   last ``TotalItemNum`` read, minus the numbers this process confirmed since (the listing
-  only shrinks as they are confirmed); an estimate older than half of ``verify_max_wait_ms``
-  is not trusted. With no estimate and more than one filtered query, one page of the
+  only shrinks as they are confirmed); an estimate older than ``verify_max_wait_ms`` is not
+  trusted. With no estimate and more than one filtered query, one page of the
   listing is read to learn its size (and, when it fits on that page, it is the whole proof).
 - **When to ask.** A round waits ``verify_linger_ms`` from its first shortfall to gather
   more, and then goes as soon as one page checks everything gathered. While it would cost
@@ -139,8 +139,7 @@ class VerifyHub:
                 self._wake = anyio.Event()
                 await self._wake.wait()
                 continue
-            probe = await self._gather()
-            await self._round(probe)
+            await self._round(must=await self._gather())
 
     # --- when --------------------------------------------------------------------------
 
@@ -153,18 +152,17 @@ class VerifyHub:
         )
 
     async def _gather(self) -> bool:
-        """Wait until a round should go; True when it should only learn the listing's size."""
+        """Wait until a round should go: True when a bound says it must, False when it is
+        cheap (one page) or the listing's size must be learnt first."""
         c = self._config
         while True:
             now = self._clock.monotonic()
             if self._must_go(now):
-                return False
+                return True
             left = self._waiting[0].since + c.linger_s - now
             if left <= 0:
                 cost = self.plan().cost
-                if cost is None:
-                    return True
-                if cost <= 1:
+                if cost is None or cost <= 1:
                     return False
                 left = min(c.linger_s, self._waiting[0].since + c.max_wait_s - now)
             await self._sleep_or_wake(left)
@@ -198,7 +196,7 @@ class VerifyHub:
     def listing_pages(self) -> int | None:
         """Pages the whole listing is estimated to take; None when not known."""
         e = self._estimate
-        if e is None or self._clock.monotonic() - e.at > self._config.max_wait_s / 2:
+        if e is None or self._clock.monotonic() - e.at > self._config.max_wait_s:
             return None
         left = max(0, e.total - (self._confirmed - e.confirmed_at))
         return max(1, -(-left // self._verifier.page_size))
@@ -216,13 +214,21 @@ class VerifyHub:
 
     # --- the round ---------------------------------------------------------------------
 
-    async def _round(self, probe: bool) -> None:
+    async def _round(self, must: bool) -> None:
         chosen = self.plan()
-        pages = 1 if probe else self._config.max_pages
-        found = await self._verifier.read(chosen.queries, self._limiter, pages)
+        if chosen.cost is None:
+            # The listing's size is not known: its first page tells it, and is the whole
+            # proof when the listing fits on it.
+            found = await self._verifier.read(chosen.queries, self._limiter, 1)
+            self._learn(found)
+            if found.error is not None or _covers(found, chosen.queries):
+                self._serve(found)
+                return
+            if not must:
+                return  # go on gathering, now knowing what the listing costs
+            chosen = self.plan()
+        found = await self._verifier.read(chosen.queries, self._limiter, self._config.max_pages)
         self._learn(found)
-        if probe and found.error is None and not _covers(found, chosen.queries):
-            return  # learnt the listing's size; go on gathering
         self._serve(found)
 
     def _learn(self, found: Findings) -> None:

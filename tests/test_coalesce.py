@@ -1,0 +1,306 @@
+"""The VerifyHub: shortfalls of many batches checked by the fewest polls, on a clock the test
+moves, against the real stand-in and the real shared limiter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import TaskGroup
+from redis.asyncio import Redis
+
+from tests.harness import FAST_POLICY, TEST_CREDENTIALS, wait_for
+from worker.api.client import DomainClient, PollPage
+from worker.dev.mockapi.server import MockApi, serve_mock_api
+from worker.entries import Batch, Entry
+from worker.errors import AuthError
+from worker.pipeline.coalesce import HubConfig, VerifyHub
+from worker.pipeline.verify import Check, Verifier
+from worker.store.keys import Keys
+from worker.store.limiter import RateLimiter
+
+pytestmark = pytest.mark.anyio
+
+CONFIG = HubConfig(linger_s=0.5, max_wait_s=10.0, max_numbers=1000, max_pages=20)
+
+
+class ManualClock:
+    """Time moves only when the test says so; ``sleeping`` counts who waits for it."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+        self._sleepers: list[tuple[float, anyio.Event]] = []
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.now_s, UTC)
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+    async def sleep(self, seconds: float) -> None:
+        event = anyio.Event()
+        entry = (self.now_s + seconds, event)
+        self._sleepers.append(entry)
+        try:
+            await event.wait()
+        finally:
+            if entry in self._sleepers:
+                self._sleepers.remove(entry)
+
+    @property
+    def sleeping(self) -> int:
+        return len(self._sleepers)
+
+    def advance(self, seconds: float) -> None:
+        self.now_s += seconds
+        for due, event in list(self._sleepers):
+            if due <= self.now_s:
+                event.set()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[MockApi]:
+    async with serve_mock_api(fault_seed=3) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(api: MockApi) -> AsyncIterator[DomainClient]:
+    async with DomainClient(endpoint=api.url, credentials=TEST_CREDENTIALS, pool_size=4) as c:
+        yield c
+
+
+def polls(api: MockApi) -> int:
+    by_action: dict[str, int] = api.stats()["requests_by_action"]  # type: ignore[assignment]
+    return by_action.get("PollTaskResult", 0)
+
+
+def batch_of(batch_id: str, numbers: Sequence[str], task_no: str | None = None) -> Batch:
+    batch = Batch(batch_id)
+    for i, number in enumerate(numbers):
+        batch.add(Entry(f"{batch_id}-{i}".encode(), number, task_no))
+    return batch
+
+
+class Rig:
+    """A hub running in a task group, and the checks its callers got back."""
+
+    def __init__(self, hub: VerifyHub, clock: ManualClock, tg: TaskGroup) -> None:
+        self.hub, self.clock, self._tg = hub, clock, tg
+        self.checks: dict[str, Check] = {}
+
+    def submit(self, batch: Batch) -> None:
+        async def ask() -> None:
+            self.checks[batch.batch_id] = await self.hub.check(batch)
+
+        self._tg.start_soon(ask)
+
+    async def until(self, what: str, predicate: Callable[[], bool]) -> None:
+        async def holds() -> bool:
+            return predicate()
+
+        await wait_for(holds, timeout_s=10, what=what)
+
+    async def asleep(self) -> None:
+        """Wait until the hub sleeps on the clock (gathering)."""
+        await self.until("the hub to sleep", lambda: self.clock.sleeping >= 1)
+
+
+async def with_hub(
+    redis: Redis,
+    prefix: str,
+    poller: Any,
+    body: Callable[[Rig], Awaitable[None]],
+    *,
+    config: HubConfig = CONFIG,
+    page_size: int = 1000,
+    stopping: anyio.Event | None = None,
+) -> VerifyHub:
+    clock = ManualClock()
+    counted: list[int] = []
+    verifier = Verifier(
+        poller,
+        page_size=page_size,
+        policy=FAST_POLICY,
+        clock=clock,
+        counted=lambda: counted.append(1),
+    )
+    limiter = RateLimiter(redis, Keys(prefix).limiter, 1000.0)
+    hub = VerifyHub(verifier, limiter, config, clock)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hub.run, stopping)
+        await body(Rig(hub, clock, tg))
+        tg.cancel_scope.cancel()
+    return hub
+
+
+async def test_shortfalls_gathered_within_the_linger_share_one_page_of_the_listing(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    tasks = [api.state.seed_random(5, task_no=f"T-{t}") for t in range(3)]
+    for numbers in tasks:
+        api.state.acknowledge(numbers[:3])  # the rest is still listed
+    stranger = f"{1:032x}"
+    found: dict[str, Check] = {}
+
+    async def body(rig: Rig) -> None:
+        rig.submit(batch_of("b0", [*tasks[0], stranger], "T-0"))
+        await rig.asleep()
+        rig.clock.advance(0.2)
+        rig.submit(batch_of("b1", tasks[1], "T-1"))
+        rig.submit(batch_of("b2", tasks[2], "T-2"))
+        await rig.asleep()
+        assert polls(api) == 0  # still gathering
+        rig.clock.advance(CONFIG.linger_s - 0.2)
+        await rig.until("every check", lambda: len(rig.checks) == 3)
+        found.update(rig.checks)
+
+    await with_hub(redis, prefix, client, body)
+    # Three tasks would be three filtered queries; the listing's size is not known yet, so one
+    # page of it is read, and it holds everything: one poll checks all three batches.
+    assert polls(api) == 1
+    assert found["b0"].not_listed == [*tasks[0][:3], stranger]
+    for t in range(3):
+        assert found[f"b{t}"].listed == tasks[t][3:]
+        assert (found[f"b{t}"].pages, found[f"b{t}"].batches) == (1, 3)
+
+
+async def test_one_task_is_one_filtered_query_without_learning_the_listing(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    api.state.seed_random(2500)  # a large listing of others' results
+    numbers = api.state.seed_random(4, task_no="T-9")
+    api.state.acknowledge(numbers[:2])
+    found: dict[str, Check] = {}
+
+    async def body(rig: Rig) -> None:
+        rig.submit(batch_of("a", numbers[:2], "T-9"))
+        rig.submit(batch_of("b", numbers[2:], "T-9"))
+        await rig.asleep()
+        rig.clock.advance(CONFIG.linger_s)
+        await rig.until("both checks", lambda: len(rig.checks) == 2)
+        found.update(rig.checks)
+
+    await with_hub(redis, prefix, client, body)
+    assert polls(api) == 1
+    assert (found["a"].not_listed, found["a"].listed) == (numbers[:2], [])
+    assert (found["b"].listed, found["b"].not_listed) == (numbers[2:], [])
+    assert found["a"].batches == found["b"].batches == 2
+
+
+async def test_a_large_listing_waits_for_confirmations_to_shrink_it(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    others = api.state.seed_random(2500)
+    tasks = [api.state.seed_random(3, task_no=f"T-{t}") for t in range(4)]
+    found: dict[str, Check] = {}
+
+    async def body(rig: Rig) -> None:
+        for t, numbers in enumerate(tasks):
+            rig.submit(batch_of(f"b{t}", numbers, f"T-{t}"))
+        await rig.asleep()
+        rig.clock.advance(CONFIG.linger_s)
+        # One page to learn the size: 2512 listed, three pages, not one: keep gathering.
+        await rig.until("the size is learnt", lambda: rig.hub.listing_pages() == 3)
+        await rig.asleep()
+        assert (polls(api), rig.checks) == (1, {})
+        rig.clock.advance(CONFIG.linger_s)
+        await rig.asleep()
+        assert polls(api) == 1  # still three pages against four filtered queries: wait
+        # This process confirms most of the backlog meanwhile: one page checks everything.
+        api.state.acknowledge(others)
+        rig.hub.note_confirmed(len(others))
+        rig.clock.advance(CONFIG.linger_s)
+        await rig.until("every check", lambda: len(rig.checks) == 4)
+        found.update(rig.checks)
+
+    await with_hub(redis, prefix, client, body)
+    assert polls(api) == 2
+    assert all(found[f"b{t}"].listed == tasks[t] for t in range(4))
+
+
+async def test_the_longest_wait_is_bounded_then_the_cheaper_plan_is_read(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    api.state.seed_random(5000)
+    tasks = [api.state.seed_random(2, task_no=f"T-{t}") for t in range(3)]
+
+    async def body(rig: Rig) -> None:
+        for t, numbers in enumerate(tasks):
+            rig.submit(batch_of(f"b{t}", numbers, f"T-{t}"))
+        await rig.asleep()
+        rig.clock.advance(CONFIG.linger_s)
+        await rig.until("the size is learnt", lambda: rig.hub.listing_pages() == 6)
+        await rig.asleep()
+        rig.clock.advance(CONFIG.max_wait_s)
+        await rig.until("every check", lambda: len(rig.checks) == 3)
+
+    await with_hub(redis, prefix, client, body)
+    # The probe, then three filtered queries: cheaper than six pages of the listing.
+    assert polls(api) == 1 + 3
+
+
+async def test_enough_numbers_or_a_drain_go_at_once(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    numbers = api.state.seed_random(6, task_no="T-1")
+    small = HubConfig(linger_s=5.0, max_wait_s=60.0, max_numbers=4, max_pages=5)
+
+    async def body(rig: Rig) -> None:
+        rig.submit(batch_of("a", numbers[:3], "T-1"))
+        await rig.asleep()
+        rig.submit(batch_of("b", numbers[3:], "T-1"))  # six gathered, four allowed
+        await rig.until("both checks", lambda: len(rig.checks) == 2)
+
+    await with_hub(redis, prefix, client, body, config=small)
+    assert polls(api) == 1
+
+    stopping = anyio.Event()
+
+    async def drain(rig: Rig) -> None:
+        rig.submit(batch_of("c", numbers[:2], "T-1"))
+        await rig.asleep()
+        stopping.set()
+        await rig.until("the check", lambda: len(rig.checks) == 1)
+
+    await with_hub(redis, prefix, client, drain, config=small, stopping=stopping)
+    assert polls(api) == 2
+
+
+class Refused:
+    """Every poll is refused, as for an account without the permission."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def poll_task_result(self, page_num: int, page_size: int, **filters: Any) -> PollPage:
+        self.calls += 1
+        raise AuthError("Forbidden.RAM", "not allowed to PollTaskResult", http_status=403)
+
+
+async def test_a_poll_the_account_may_not_make_turns_verification_off_for_a_while(
+    redis: Redis, prefix: str
+) -> None:
+    refused = Refused()
+
+    async def body(rig: Rig) -> None:
+        rig.submit(batch_of("a", ["a" * 32], "T-1"))
+        await rig.asleep()
+        rig.clock.advance(CONFIG.linger_s)
+        await rig.until("the check", lambda: "a" in rig.checks)
+        rig.submit(batch_of("b", ["b" * 32], "T-1"))  # answered at once, unchecked
+        await rig.until("the second check", lambda: "b" in rig.checks)
+        rig.clock.advance(CONFIG.max_wait_s)
+        rig.submit(batch_of("c", ["c" * 32], "T-1"))  # after the pause: asked again
+        await rig.asleep()
+        rig.clock.advance(CONFIG.linger_s)
+        await rig.until("the third check", lambda: "c" in rig.checks)
+        for name in "abc":
+            assert rig.checks[name].failed
+        assert "Forbidden.RAM" in str(rig.checks["b"].error)
+
+    await with_hub(redis, prefix, refused, body)
+    assert refused.calls == 2
