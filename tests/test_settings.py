@@ -168,6 +168,9 @@ GOOD = [
     ("poll_domain_name", "example.com", "example.com"),
     ("verify_shortfall", "no", False),
     ("verify_max_pages", "20", 20),
+    ("verify_linger_ms", "250", 250),
+    ("verify_max_wait_ms", "30000", 30000),
+    ("verify_max_numbers", "500", 500),
 ]
 
 
@@ -275,6 +278,9 @@ BAD = [
     ("poll_domain_name", "a b.com"),
     ("verify_shortfall", "maybe"),
     ("verify_max_pages", "0"),
+    ("verify_linger_ms", "-1"),
+    ("verify_max_wait_ms", "a while"),
+    ("verify_max_numbers", "0"),
 ]
 
 

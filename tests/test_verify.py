@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.conftest import RedisServer
 from tests.harness import (
@@ -425,3 +426,40 @@ def test_a_check_that_learnt_nothing_failed() -> None:
     assert Check(unknown=["a"]).failed
     assert not Check(not_listed=["a"], unknown=["b"]).failed
     assert Check(listed=["a"], error="boom").failed
+
+
+class ResendBlinks:
+    """The stand-in, except that the second acknowledgement meets Redis going away."""
+
+    def __init__(self, client: DomainClient) -> None:
+        self._client = client
+        self.acks = 0
+
+    async def acknowledge(self, ids: Sequence[str]) -> AckResult:
+        self.acks += 1
+        if self.acks == 2:
+            raise RedisConnectionError("Connection closed by server.")
+        return await self._client.acknowledge(ids)
+
+    async def poll_task_result(self, page_num: int, page_size: int, **filters: Any) -> PollPage:
+        return await self._client.poll_task_result(page_num, page_size, **filters)
+
+
+async def test_a_redis_failure_in_a_verified_resend_keeps_what_was_proven(
+    redis_server: RedisServer, redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    known = api.state.seed_random(4)
+    await enqueue(redis, Keys(prefix), known)
+    api.faults.update({"drop_rate": 1.0})  # the first request confirms nothing
+    blinks = ResendBlinks(client)
+    settings = make_settings(redis_server.url, prefix, endpoint=api.url, linger_ms=100)
+    async with running_worker(settings, redis, blinks) as worker:
+        await wait_for(lambda: drained(redis, prefix), timeout_s=30, what="backlog settled")
+    # Settled once, not abandoned to be claimed and sent again: the check proved all four
+    # still listed, the resend's fate is unknown, so all four are named unplaced.
+    assert blinks.acks == 2
+    [record] = await records(redis, prefix)
+    assert record["verified"] == "true"
+    assert sorted(json.loads(record["unknown"])) == sorted(known)
+    assert (worker.totals.confirmed, worker.totals.shortfall) == (0, 4)
+    assert await redis.xlen(Keys(prefix).dead) == 0

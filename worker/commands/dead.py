@@ -36,6 +36,7 @@ from worker.errors import ConfigError
 from worker.logs import get_logger
 from worker.reasons import REASONS
 from worker.store.connection import RedisClient, redis_now_ms, register_script
+from worker.store.dedupe import forget
 from worker.store.keys import Keys
 
 log = get_logger("dead")
@@ -178,10 +179,11 @@ class ReplayReport:
 class Replayer:
     """Moves matching dead letters back to the task stream, one atomic call per page."""
 
-    def __init__(self, redis: RedisClient, keys: Keys, *, dry_run: bool) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, dry_run: bool, dedupe_ttl_s: int) -> None:
         self._redis = redis
         self._keys = keys
         self._dry_run = dry_run
+        self._ttl_s = dedupe_ttl_s
         self._script = register_script(redis, _REPLAY)
         self.report = ReplayReport()
 
@@ -207,6 +209,11 @@ class Replayer:
         if self._dry_run or not movable:
             self.report.moved += len(movable)
             return
+        # Dead-lettered numbers are remembered so that late duplicates cost no request; a
+        # replay means to send them again. Forgotten first: a replay cut short after this
+        # leaves the dead letter in place, only no longer remembered.
+        numbers = [fields["id"] for _, fields in movable]
+        await forget(self._redis, self._keys, self._ttl_s, numbers)
         reply: Any = await self._script(
             keys=[self._keys.dead, self._keys.tasks], args=[e for e, _ in movable]
         )
@@ -247,7 +254,9 @@ def dead_replay_command(
     configure_command_logging(settings)
 
     async def main(redis: RedisClient, keys: Keys) -> int:
-        report = await Replayer(redis, keys, dry_run=dry_run).run(reason, wanted)
+        report = await Replayer(
+            redis, keys, dry_run=dry_run, dedupe_ttl_s=settings.dedupe_ttl_s
+        ).run(reason, wanted)
         print(_replay_summary(report, keys, wanted, dry_run))
         return 0
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from worker.ids import join_numbers
+from worker.ids import digests, join_numbers
 from worker.store.connection import RedisClient, register_script
 from worker.store.keys import Keys
 
@@ -84,6 +84,33 @@ if #leases > 0 then redis.call('HSET', KEYS[1], unpack(leases)) end
 return table.concat(out)
 """
 _RESERVE = _RESERVE_TEMPLATE.replace("BUCKETS", str(BUCKETS_PER_TTL))
+
+
+# ARGV: 1 seen prefix, 2 bucket seconds, 3 digests back to back. Every bucket a check looks
+# at loses the numbers' fields.
+_FORGET = """
+local seen_prefix, bucket_s, digests = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local current = math.floor(tonumber(redis.call('TIME')[1]) / bucket_s)
+local removed = 0
+for j = 1, #digests, 12 do
+  local shard = (string.byte(digests, j) * 256 + string.byte(digests, j + 1)) % 4096
+  local field = string.sub(digests, j + 2, j + 11)
+  for b = current, current - BUCKETS, -1 do
+    removed = removed + redis.call('HDEL', seen_prefix .. b .. ':' .. shard, field)
+  end
+end
+return removed
+""".replace("BUCKETS", str(BUCKETS_PER_TTL))
+
+
+async def forget(redis: RedisClient, keys: Keys, ttl_s: int, numbers: Sequence[str]) -> int:
+    """Drop ``numbers`` from the dedupe memory, so they are sent again when they next
+    arrive (``ackworker dead replay``); returns how many were remembered."""
+    if not numbers or ttl_s <= 0:
+        return 0
+    script = register_script(redis, _FORGET)
+    args: list[str | int | bytes] = [keys.seen_prefix, bucket_s(ttl_s), digests(numbers)]
+    return int(await script(keys=[], args=args))
 
 
 @dataclass(frozen=True, slots=True)
