@@ -2,23 +2,25 @@
 
 With ``drop_rate`` each number of a request is, with that probability, answered as not
 confirmed and left pending, as in a silent failure of the service. Every such batch comes
-up short, and its resend loses some again. Two workers with verified reconciliation on (the
-default) ask ``PollTaskResult`` which numbers are still listed and send those again until
-none is. The results belong to tasks, and are enqueued with their ``task_no`` (as
-``ackworker poll`` writes them), so each check is one filtered query per task; a few
-numbers the stand-in never had come along, which verification can only report.
+up short. Two workers with verified reconciliation on (the default) never re-send a short
+batch blind: they ask ``PollTaskResult`` which numbers are still listed (the shortfalls of
+many batches together) and send only those again, until none is. The results belong to
+tasks, and are enqueued with their ``task_no`` (as ``ackworker poll`` writes them); a few
+numbers the stand-in never had come along, which verification can only report. Once
+drained, every stranger and a few confirmed numbers arrive again, late.
 
-Checked: the stand-in ends with nothing pending (no number it could confirm is left
-unconfirmed), nothing is lost, every reconcile record is verified, no seeded number is
-dead-lettered, and each record names only numbers the stand-in does not know; the workers
-exit 0 on SIGTERM. Re-submissions of confirmed numbers are allowed only where a batch was
-re-sent: the resend of a short batch carries its confirmed numbers again.
+Checked: the stand-in ends with nothing pending (every number it could confirm was
+confirmed), nothing is lost, every reconcile record is verified, no seeded number is
+dead-lettered, each stranger is named in exactly one record and the recorded shortfalls add
+up to exactly the strangers; no confirmed number is ever submitted again (no blind resend);
+the late duplicates cost no request and write no record; the workers exit 0 on SIGTERM.
 """
 
 from __future__ import annotations
 
 import json
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 from chaos.common import Rig, Timer, expect_invariant, no_tracebacks, start_rig, stop_cleanly
@@ -70,27 +72,37 @@ def _records(rig: Rig) -> list[dict[str, str]]:
 
 
 def _check_records(outcome: Outcome, records: list[dict[str, str]], strangers: set[str]) -> None:
-    """Every record verified, naming only strangers (or numbers batched with them)."""
+    """Every record verified; each stranger named once; the shortfalls add up to them."""
     unverified = [r["batch_id"] for r in records if r.get("verified") != "true"]
     outcome.expect(not unverified, f"{len(unverified)} unverified records, e.g. {unverified[:3]}")
-    named = {n for r in records for n in json.loads(r["ids"])}
+    named = Counter(n for r in records for n in json.loads(r["ids"]))
+    outcome.expect(strangers <= set(named), f"{len(strangers - set(named))} strangers unnamed")
+    twice = [n for n, times in named.items() if times > 1]
+    outcome.expect(not twice, f"{len(twice)} numbers named in two records, e.g. {twice[:3]}")
+    recorded = sum(int(r["shortfall"]) for r in records)
+    outcome.expect(
+        recorded == len(strangers),
+        f"recorded shortfall {recorded}, numbers the stand-in never had {len(strangers)}",
+    )
     # A stranger rides in a batch with others only when the batch closed across tasks; the
     # answers then cannot say which of its numbers were the strangers, so all are named.
     mixed = [r for r in records if set(json.loads(r["ids"])) - strangers]
-    outcome.expect(strangers <= named, f"{len(strangers - named)} strangers named in no record")
     wrong = [r["batch_id"] for r in mixed if int(r.get("elsewhere") or 0) == 0]
     outcome.expect(
         not wrong, f"{len(wrong)} records name numbers the stand-in knows, e.g. {wrong[:3]}"
     )
 
 
-def _resubmits_explained(workers: list[WorkerProc]) -> int:
-    """Every request of a batch after its first may carry numbers it already confirmed: the
-    resend of a short batch, and each verified round's resend."""
-    return sum(
-        (int(str(e["attempts"])) - 1) * int(str(e["size"]))
-        for e in _events(workers, "batch.settled")
-    )
+def _late_duplicates(outcome: Outcome, rig: Rig, again: list[str]) -> None:
+    """``again`` arrives a second time: no request, no record."""
+    before = rig.api.stats()["requests_by_action"]
+    records = len(_records(rig))
+    with rig.client() as client:
+        enqueue(client, rig.keys, [{"id": n, "task_no": "T-late"} for n in again])
+    rig.wait_drained(60, "late duplicates")
+    after = rig.api.stats()["requests_by_action"]
+    outcome.expect(after == before, f"late duplicates cost requests: {before} -> {after}")
+    outcome.expect(len(_records(rig)) == records, "late duplicates wrote reconcile records")
 
 
 def _events(workers: list[WorkerProc], name: str) -> list[dict[str, object]]:
@@ -107,8 +119,9 @@ def run(outcome: Outcome, workdir: Path, mode: Mode) -> None:
     )
     outcome.checked = (
         "stand-in pending 0 (nothing it could confirm left unconfirmed); invariant; every"
-        " reconcile record verified and naming only numbers the stand-in never had (or their"
-        " batch-mates); no seeded number dead-lettered; re-submissions only from resends"
+        " reconcile record verified; each stranger named in exactly one record and the recorded"
+        " shortfall equal to the strangers; no seeded number dead-lettered; nothing confirmed"
+        " submitted again; late duplicates cost no request and no record"
     )
     with Stage(workdir) as stage:
         rig = start_rig(stage)
@@ -123,30 +136,31 @@ def run(outcome: Outcome, workdir: Path, mode: Mode) -> None:
         rig.wait_drained(180, "backlog after the shortfall storm")
         drain_s = elapsed()
         stats = rig.api.stats()
+        _late_duplicates(outcome, rig, strangers + seeded[:STRANGERS])
         stop_cleanly(outcome, *workers)
         no_tracebacks(outcome, *workers)
         records = _records(rig)
         _check_records(outcome, records, set(strangers))
-        allowance = _resubmits_explained(workers)
         ledger = rig.ledger(seeded + strangers)
         checks = _events(workers, "reconcile.verified")
         failed_checks = _events(workers, "reconcile.verify_failed")
     pending = int(stats["pending"])
     dropped = int(stats["dropped_confirmations"])
     polls = int(stats["requests_by_action"].get("PollTaskResult", 0))
+    acks = int(stats["requests_by_action"].get("AcknowledgeTaskResult", 0))
     outcome.expect(dropped > 0, "the stand-in dropped no confirmation: nothing was tested")
     outcome.expect(pending == 0, f"{pending} numbers left pending at the stand-in")
     outcome.expect(not failed_checks, f"{len(failed_checks)} checks learnt nothing")
     dead_seeded = [n for n in seeded if n in ledger.dead]
     outcome.expect(not dead_seeded, f"{len(dead_seeded)} seeded numbers dead-lettered")
-    expect_invariant(outcome, ledger, resubmit_allowance=allowance)
+    expect_invariant(outcome, ledger)  # no blind resend: nothing confirmed is sent again
     resent = sum(int(str(e["listed"])) for e in checks)
-    after_resend = sum(int(str(e["listed"])) for e in checks if e["round"] == 0)
+    minimum = -(-(count + STRANGERS) // BATCH)
     outcome.figure = (
-        f"{dropped} confirmations dropped; {after_resend} numbers in {len(records)} batches"
-        f" still pending after the resend (left unconfirmed without verification), re-sent"
-        f" ({resent} re-sends after {len(checks)} checks, {polls} PollTaskResult pages);"
-        f" stand-in pending {pending}, drained in {drain_s:.1f} s"
+        f"{dropped} confirmations dropped; {len(records)} short batches; {resent} numbers"
+        f" found still listed and re-sent alone; {acks} acknowledge + {polls} poll requests"
+        f" ({(acks + polls) / minimum:.2f}× the clean minimum of {minimum}); stand-in pending"
+        f" {pending}, drained in {drain_s:.1f} s"
     )
     outcome.note(f"backlog when the drops stopped: {left_in_window} entries")
     outcome.note(ledger.summary())

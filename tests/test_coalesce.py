@@ -304,3 +304,47 @@ async def test_a_poll_the_account_may_not_make_turns_verification_off_for_a_whil
 
     await with_hub(redis, prefix, refused, body)
     assert refused.calls == 2
+
+
+class Held:
+    """The stand-in, with each poll held until the test lets it go."""
+
+    def __init__(self, client: DomainClient) -> None:
+        self._client = client
+        self.waiting = 0
+        self.go = anyio.Event()
+
+    async def poll_task_result(self, page_num: int, page_size: int, **filters: Any) -> PollPage:
+        self.waiting += 1
+        await self.go.wait()
+        self.waiting -= 1
+        return await self._client.poll_task_result(page_num, page_size, **filters)
+
+
+async def test_a_shortfall_that_arrives_while_a_round_reads_waits_for_the_next(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    first = api.state.seed_random(3, task_no="T-1")
+    late = api.state.seed_random(3, task_no="T-2")
+    held = Held(client)
+    found: dict[str, Check] = {}
+
+    async def body(rig: Rig) -> None:
+        rig.submit(batch_of("first", first, "T-1"))
+        await rig.asleep()
+        rig.clock.advance(CONFIG.linger_s)
+        await rig.until("the round's poll", lambda: held.waiting == 1)
+        # Its answer came after the page was asked for: that page cannot prove it.
+        rig.submit(batch_of("late", late, "T-2"))
+        held.go.set()
+        await rig.until("the first check", lambda: "first" in rig.checks)
+        assert "late" not in rig.checks
+        await rig.asleep()
+        rig.clock.advance(CONFIG.linger_s)
+        await rig.until("the late check", lambda: "late" in rig.checks)
+        found.update(rig.checks)
+
+    await with_hub(redis, prefix, held, body)
+    assert found["first"].listed == first
+    assert (found["late"].listed, found["late"].unknown) == (late, [])
+    assert polls(api) == 2

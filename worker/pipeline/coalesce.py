@@ -187,6 +187,7 @@ class VerifyHub:
     # --- what --------------------------------------------------------------------------
 
     def _groups(self) -> dict[str, list[Entry]]:
+        # Numbers of every shortfall gathered so far (a number may be in two batches).
         merged: dict[str, list[Entry]] = {}
         for waiter in self._waiting:
             for number, entries in waiter.groups.items():
@@ -215,21 +216,23 @@ class VerifyHub:
     # --- the round ---------------------------------------------------------------------
 
     async def _round(self, must: bool) -> None:
-        chosen = self.plan()
+        # Only the shortfalls gathered before a read began are served by it: an answer that
+        # came in while the listing was being read may postdate the page that should list it.
+        chosen, gathered = self.plan(), len(self._waiting)
         if chosen.cost is None:
             # The listing's size is not known: its first page tells it, and is the whole
             # proof when the listing fits on it.
             found = await self._verifier.read(chosen.queries, self._limiter, 1)
             self._learn(found)
             if found.error is not None or _covers(found, chosen.queries):
-                self._serve(found)
+                self._serve(found, gathered)
                 return
             if not must:
                 return  # go on gathering, now knowing what the listing costs
-            chosen = self.plan()
+            chosen, gathered = self.plan(), len(self._waiting)
         found = await self._verifier.read(chosen.queries, self._limiter, self._config.max_pages)
         self._learn(found)
-        self._serve(found)
+        self._serve(found, gathered)
 
     def _learn(self, found: Findings) -> None:
         if found.total is not None:
@@ -239,8 +242,9 @@ class VerifyHub:
             self._off_error = f"verification unavailable: {found.error}"
             log.warning("reconcile.verify_off", error=found.error, off_s=self._config.max_wait_s)
 
-    def _serve(self, found: Findings) -> None:
-        served, self._waiting, self._gathered = self._waiting, [], 0
+    def _serve(self, found: Findings, gathered: int) -> None:
+        served, self._waiting = self._waiting[:gathered], self._waiting[gathered:]
+        self._gathered = sum(len(w.groups) for w in self._waiting)
         for waiter in served:
             waiter.check = found.check(waiter.groups, len(served))
             waiter.done.set()
