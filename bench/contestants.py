@@ -11,7 +11,7 @@ import json
 import math
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,6 +20,9 @@ from bench.measure import MB, Drain, ProcWatch, watch_drain
 from bench.procs import ACCESS_KEY_ID, ACCESS_KEY_SECRET, PYTHON, BenchError, Stack, clean_env
 
 Numbers = dict[str, Any]
+AfterDrain = Callable[[Callable[[], None]], None]
+"""Run once the backlog is first 0, the contestant still running; its argument raises
+BenchError when the contestant has exited."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -78,9 +81,19 @@ def backlog(stack: Stack) -> int:
 
 
 def drain_backlog(
-    stack: Stack, name: str, args: Sequence[str], env: dict[str, str], *, timeout_s: float
+    stack: Stack,
+    name: str,
+    args: Sequence[str],
+    env: dict[str, str],
+    *,
+    timeout_s: float,
+    after_drain: AfterDrain | None = None,
 ) -> tuple[Drain, ProcWatch]:
-    """Spawn the contestant, wait until the backlog is 0, stop it; its drain and its watch."""
+    """Spawn the contestant, wait until the backlog is 0, stop it; its drain and its watch.
+
+    ``after_drain`` runs between the drain and the stop (late arrivals, say); the drain's
+    numbers describe the first drain only, so they mean the same with or without it.
+    """
     spawned = time.monotonic()
     child = stack.procs.start(name, args, env)
     watch = ProcWatch(child.pid)
@@ -92,6 +105,8 @@ def drain_backlog(
         timeout_s=timeout_s,
         alive=child.check_alive,
     )
+    if after_drain is not None:
+        after_drain(child.check_alive)
     watch.peak = watch.peak_rss()
     code = child.stop()
     if code != 0:

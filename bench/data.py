@@ -8,7 +8,7 @@ the producer's pipeline would take longer than most scenarios run.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import redis
@@ -65,3 +65,20 @@ def fill_list(client: redis.Redis, ids: Sequence[str], key: str = PEER_LIST) -> 
     for start in range(0, len(ids), _CHUNK):
         client.rpush(key, *ids[start : start + _CHUNK])
     return int(client.llen(key))  # type: ignore[arg-type]
+
+
+def fill_entries(
+    client: redis.Redis, entries: Sequence[Mapping[str, str]], keys: Keys = KEYS
+) -> int:
+    """XADD every entry as its own field map (``id``, ``task_no``, ``domain``, as a poller
+    writes them), in order, in pipelined chunks; returns how many were added.
+
+    A pipeline, not the Lua loader: the scenarios that need fields enqueue tens of
+    thousands of entries, not millions."""
+    ensure_group(client, keys)
+    for start in range(0, len(entries), _CHUNK):
+        with client.pipeline(transaction=False) as pipe:
+            for fields in entries[start : start + _CHUNK]:
+                pipe.xadd(keys.tasks, dict(fields))  # type: ignore[arg-type]
+            pipe.execute()
+    return len(entries)

@@ -24,13 +24,13 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/run.py`: import `bench` from the repository
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench import api_bound, backlog, ceiling, latency, peers, signing
+from bench import api_bound, backlog, ceiling, dirty, latency, peers, signing
 from bench.procs import REPO, BenchError
 from bench.report import machine, medians, table, write_json
 from bench.scenario import Numbers, Options, Scenario
 
 SCENARIOS: dict[str, Scenario] = {
-    m.NAME: m for m in (ceiling, api_bound, latency, backlog, peers, signing)
+    m.NAME: m for m in (ceiling, api_bound, latency, backlog, peers, signing, dirty)
 }
 RESULTS = REPO / "bench" / "results"
 _SIZES = (
@@ -42,6 +42,8 @@ _SIZES = (
     ("peers_n", int, "numbers for ackworker and the SDK peers (default 20000)"),
     ("peer_a_s", float, "seconds the one-number-per-call SDK peer may run (default 20)"),
     ("signing_iterations", int, "signatures per timeit repeat (default 2000)"),
+    ("dirty_tasks", int, "tasks seeded and enqueued for the dirty scenario (default 100)"),
+    ("dirty_task_size", int, "numbers per task in the dirty scenario (default 100)"),
 )
 
 

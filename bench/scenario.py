@@ -28,6 +28,8 @@ class Options:
     peers_n: int = 20_000
     peer_a_s: float = 20.0
     signing_iterations: int = 2000
+    dirty_tasks: int = 100
+    dirty_task_size: int = 100
 
     def quick(self) -> Options:
         """Small sizes for a fast check that everything works (numbers are indicative)."""
@@ -40,6 +42,7 @@ class Options:
             peers_n=5_000,
             peer_a_s=5.0,
             signing_iterations=200,
+            dirty_tasks=20,
         )
 
 
