@@ -4,7 +4,7 @@ With ``drop_rate`` each number of a request is, with that probability, answered 
 confirmed and left pending, as in a silent failure of the service. Every such batch comes
 up short. Two workers with verified reconciliation on (the default) never re-send a short
 batch blind: they ask ``PollTaskResult`` which numbers are still listed (the shortfalls of
-many batches together) and send only those again, until none is. The results belong to
+many batches together) and send only those again, packed into full requests, until none is. The results belong to
 tasks, and are enqueued with their ``task_no`` (as ``ackworker poll`` writes them); a few
 numbers the stand-in never had come along, which verification can only report. Once
 drained, every stranger and a few confirmed numbers arrive again, late.
@@ -158,7 +158,7 @@ def run(outcome: Outcome, workdir: Path, mode: Mode) -> None:
     minimum = -(-(count + STRANGERS) // BATCH)
     outcome.figure = (
         f"{dropped} confirmations dropped; {len(records)} short batches; {resent} numbers"
-        f" found still listed and re-sent alone; {acks} acknowledge + {polls} poll requests"
+        f" found still listed and re-sent, packed; {acks} acknowledge + {polls} poll requests"
         f" ({(acks + polls) / minimum:.2f}× the clean minimum of {minimum}); stand-in pending"
         f" {pending}, drained in {drain_s:.1f} s"
     )

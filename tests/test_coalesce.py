@@ -13,11 +13,13 @@ from anyio.abc import TaskGroup
 from redis.asyncio import Redis
 
 from tests.harness import FAST_POLICY, TEST_CREDENTIALS, wait_for
-from worker.api.client import DomainClient, PollPage
+from worker.api.client import AckResult, DomainClient, PollPage
 from worker.dev.mockapi.server import MockApi, serve_mock_api
 from worker.entries import Batch, Entry
 from worker.errors import AuthError
 from worker.pipeline.coalesce import HubConfig, VerifyHub
+from worker.pipeline.report import BatchReport
+from worker.pipeline.resend import Answer, Resent, Send
 from worker.pipeline.verify import Check, Verifier
 from worker.store.keys import Keys
 from worker.store.limiter import RateLimiter
@@ -91,10 +93,13 @@ class Rig:
     def __init__(self, hub: VerifyHub, clock: ManualClock, tg: TaskGroup) -> None:
         self.hub, self.clock, self._tg = hub, clock, tg
         self.checks: dict[str, Check] = {}
+        self.answers: dict[str, Answer] = {}
 
-    def submit(self, batch: Batch) -> None:
+    def submit(self, batch: Batch, send: Send | None = None) -> None:
         async def ask() -> None:
-            self.checks[batch.batch_id] = await self.hub.check(batch)
+            answer = await self.hub.check(batch, send)
+            self.checks[batch.batch_id] = answer.check
+            self.answers[batch.batch_id] = answer
 
         self._tg.start_soon(ask)
 
@@ -348,3 +353,37 @@ async def test_a_shortfall_that_arrives_while_a_round_reads_waits_for_the_next(
     assert found["first"].listed == first
     assert (found["late"].listed, found["late"].unknown) == (late, [])
     assert polls(api) == 2
+
+
+async def test_the_numbers_a_round_finds_listed_are_re_sent_packed_into_full_requests(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    tasks = [api.state.seed_random(5, task_no=f"T-{t}") for t in range(3)]
+    for numbers in tasks:
+        api.state.acknowledge(numbers[:2])  # three of each still listed
+    sent: list[list[str]] = []
+
+    async def send(batch: Batch, report: BatchReport) -> AckResult:
+        sent.append(batch.numbers)
+        result = await client.acknowledge(batch.numbers)
+        report.request_ids.append(result.request_id)
+        report.attempts += 1
+        return result
+
+    packed = HubConfig(linger_s=0.5, max_wait_s=10.0, max_numbers=1000, batch_size=6)
+    found: dict[str, Answer] = {}
+
+    async def body(rig: Rig) -> None:
+        for t, numbers in enumerate(tasks):
+            rig.submit(batch_of(f"b{t}", numbers, f"T-{t}"), send)
+        await rig.asleep()
+        rig.clock.advance(packed.linger_s)
+        await rig.until("every answer", lambda: len(rig.answers) == 3)
+        found.update(rig.answers)
+
+    await with_hub(redis, prefix, client, body, config=packed)
+    # Nine listed numbers, six to a request, a batch's never split: two requests, not three.
+    assert sorted(map(len, sent)) == [3, 6]
+    assert api.state.pending_count == 0
+    assert all(found[f"b{t}"].resent is Resent.CONFIRMED for t in range(3))
+    assert found["b0"].request_ids == found["b1"].request_ids != found["b2"].request_ids

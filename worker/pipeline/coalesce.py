@@ -21,6 +21,13 @@ of this process and checks them together, once every one of their answers is in:
   has waited ``verify_max_wait_ms``, ``verify_max_numbers`` numbers are gathered, or the
   worker is draining. Then the cheaper plan is read, within ``verify_max_pages`` pages.
 
+**Re-sends are coalesced too.** The numbers a round finds still listed are sent again by the
+round itself, the listed numbers of several batches packed into requests of up to
+``batch_size`` numbers (a batch's numbers never split between two), so a storm of dropped
+confirmations costs a request per ``batch_size`` numbers found, not one per short batch. A
+request that confirmed all it carried settles its batches' numbers; a short one leaves them
+to the next round's check, where a number no longer listed was confirmed by the re-send.
+
 A waiting batch holds no sender: its task waits here, its entries are parked in the lane's
 holdings (refreshed against claims, outside the prefetch bound). A poll the account may not
 make (a permanent or fatal answer) turns verification off for ``verify_max_wait_ms``; the
@@ -30,13 +37,14 @@ shortfalls meanwhile are recorded unverified, without waiting.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio
 
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.entries import Batch, Entry
 from worker.logs import get_logger
+from worker.pipeline.resend import Answer, Resender, Send, Waiter
 from worker.pipeline.verify import Check, Findings, Query, Verifier, plan
 from worker.store.limiter import RateLimiter
 
@@ -53,14 +61,7 @@ class HubConfig:
     max_wait_s: float = 10.0
     max_numbers: int = 10_000
     max_pages: int = 20
-
-
-@dataclass(slots=True)
-class _Waiter:
-    groups: dict[str, list[Entry]]
-    since: float
-    done: anyio.Event = field(default_factory=anyio.Event)
-    check: Check | None = None
+    batch_size: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,7 @@ class VerifyHub:
         self._limiter = limiter
         self._config = config
         self._clock = clock
-        self._waiting: list[_Waiter] = []
+        self._waiting: list[Waiter] = []
         self._gathered = 0
         self._wake = anyio.Event()
         self._stopping: anyio.Event | None = None
@@ -109,6 +110,7 @@ class VerifyHub:
         self._estimate: _Estimate | None = None
         self._off_until = 0.0
         self._off_error = ""
+        self._resender = Resender(clock, config.batch_size, self.note_confirmed)
 
     @property
     def waiting(self) -> int:
@@ -119,17 +121,19 @@ class VerifyHub:
         """This process's requests confirmed ``count`` more numbers of the account."""
         self._confirmed += count
 
-    async def check(self, batch: Batch) -> Check:
-        """Which of ``batch``'s numbers are still listed, learnt in the next round."""
+    async def check(self, batch: Batch, send: Send | None = None) -> Answer:
+        """Which of ``batch``'s numbers are still listed, learnt in the next round; with
+        ``send``, the round also sends those again (with other batches' listed numbers)."""
         if self._clock.monotonic() < self._off_until:
-            return Check(unknown=batch.numbers, error=self._off_error)
-        waiter = _Waiter(dict(batch.groups), self._clock.monotonic())
+            return Answer(Check(unknown=batch.numbers, error=self._off_error))
+        now = self._clock.monotonic()
+        waiter = Waiter(batch.batch_id, dict(batch.groups), now, batch.account, send)
         self._waiting.append(waiter)
         self._gathered += len(waiter.groups)
         self._wake.set()
         await waiter.done.wait()
-        assert waiter.check is not None
-        return waiter.check
+        assert waiter.answer is not None
+        return waiter.answer
 
     async def run(self, stopping: anyio.Event | None = None) -> None:
         """Do the rounds, for ever; ``stopping`` set makes every round go at once."""
@@ -225,14 +229,14 @@ class VerifyHub:
             found = await self._verifier.read(chosen.queries, self._limiter, 1)
             self._learn(found)
             if found.error is not None or _covers(found, chosen.queries):
-                self._serve(found, gathered)
+                await self._serve(found, gathered)
                 return
             if not must:
                 return  # go on gathering, now knowing what the listing costs
             chosen, gathered = self.plan(), len(self._waiting)
         found = await self._verifier.read(chosen.queries, self._limiter, self._config.max_pages)
         self._learn(found)
-        self._serve(found, gathered)
+        await self._serve(found, gathered)
 
     def _learn(self, found: Findings) -> None:
         if found.total is not None:
@@ -242,12 +246,16 @@ class VerifyHub:
             self._off_error = f"verification unavailable: {found.error}"
             log.warning("reconcile.verify_off", error=found.error, off_s=self._config.max_wait_s)
 
-    def _serve(self, found: Findings, gathered: int) -> None:
+    async def _serve(self, found: Findings, gathered: int) -> None:
         served, self._waiting = self._waiting[:gathered], self._waiting[gathered:]
         self._gathered = sum(len(w.groups) for w in self._waiting)
         for waiter in served:
-            waiter.check = found.check(waiter.groups, len(served))
-            waiter.done.set()
+            waiter.answer = Answer(found.check(waiter.groups, len(served)))
+        try:
+            await self._resender.send(served)
+        finally:
+            for waiter in served:
+                waiter.done.set()
 
 
 def _covers(found: Findings, queries: Sequence[Query]) -> bool:

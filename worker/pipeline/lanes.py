@@ -247,4 +247,5 @@ def hub_config(settings: Settings) -> HubConfig:
         max_wait_s=s.verify_max_wait_ms / 1000.0,
         max_numbers=s.verify_max_numbers,
         max_pages=s.verify_max_pages,
+        batch_size=s.batch_size,
     )

@@ -29,6 +29,7 @@ from worker.logs import get_logger
 from worker.pipeline.coalesce import VerifyHub
 from worker.pipeline.reconciler import Resolution, assess, reconcile_record, verdict_fields
 from worker.pipeline.report import BatchReport
+from worker.pipeline.resend import Resent
 from worker.pipeline.sender import Sender
 from worker.pipeline.sendgate import SendGate
 from worker.reasons import DeadReason
@@ -219,22 +220,26 @@ class Processor:
         d = self._d
         assert d.hub is not None
         while True:
-            case.absorb(await d.hub.check(case.batch.subset(case.open)))
-            if not case.open or case.rounds >= d.policy.max_attempts:
+            # The round that checks the open numbers also re-sends those still listed, with
+            # other batches' (at most max_attempts such re-sends).
+            more = case.rounds < d.policy.max_attempts
+            answer = await d.hub.check(case.batch.subset(case.open), self._send if more else None)
+            case.absorb(answer.check)
+            report.request_ids += answer.request_ids
+            report.attempts += answer.attempts
+            if answer.resent is Resent.NOT_SENT:
                 return
-            remainder = case.next_round()
-            try:
-                sent = await self._send(remainder, report)
-            except REDIS_ERRORS as exc:
-                # What the answers so far proved is kept; the rest is recorded unplaced.
-                _followup_failed(remainder, "resend", exc)
+            case.rounds += 1
+            if answer.resent is Resent.CONFIRMED:
+                case.all_confirmed()
+                return
+            if answer.resent is Resent.FAILED:
+                assert answer.error is not None
+                case.give_up(_dead_reason(answer.error), answer.error.summary())
+                return
+            if answer.resent is Resent.LOST:
+                # What the checks so far proved is kept; the rest is recorded unplaced.
                 case.unchecked()
-                return
-            if isinstance(sent, ApiError):
-                case.give_up(_dead_reason(sent), sent.summary())
-                return
-            d.hub.note_confirmed(sent.result)
-            if case.answered_round(sent.result):
                 return
 
     async def _settle_case(self, case: Resolution, report: BatchReport) -> None:

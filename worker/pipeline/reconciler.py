@@ -145,7 +145,7 @@ class Resolution:
     """
 
     batch: Batch
-    answered: int
+    answered: int  # what the first answer confirmed
     answered_total: int
     open: list[str]
     confirmed: list[str] = field(default_factory=list)
@@ -175,7 +175,12 @@ class Resolution:
             return
         log.info("reconcile.verified", **where)
         self.verified = True
-        if not check.unknown and len(check.not_listed) == self.answered:
+        if self.rounds:
+            # Listed at the last check, then re-sent: no longer listed means that re-send
+            # confirmed it (the batch holds the numbers' leases, so nobody else sent them).
+            self.confirmed += check.not_listed
+            self.answered_total += len(check.not_listed)
+        elif not check.unknown and len(check.not_listed) == self.answered:
             self.confirmed += check.not_listed
         else:
             self.unaccounted += check.not_listed
@@ -188,21 +193,11 @@ class Resolution:
         self.unknown += self.open
         self.open = []
 
-    def next_round(self) -> Batch:
-        """The open numbers as a batch of their own, ``<batch_id>.v<round>``."""
-        self.rounds += 1
-        b = self.batch
-        return Batch(f"{b.batch_id}.v{self.rounds}", {n: b.groups[n] for n in self.open}, b.account)
-
-    def answered_round(self, result: int) -> bool:
-        """Book the answer to a re-send of the open numbers; True when it confirmed all."""
-        self.answered = min(result, len(self.open))
-        self.answered_total += self.answered
-        if self.answered < len(self.open):
-            return False
+    def all_confirmed(self) -> None:
+        """The re-send of the open numbers confirmed every one of them."""
         self.confirmed += self.open
+        self.answered_total += len(self.open)
         self.open = []
-        return True
 
     def give_up(self, reason: str, error: str) -> None:
         """A re-send failed for good: the open numbers are dead-lettered with ``reason``."""
