@@ -23,6 +23,7 @@ from worker.pipeline.resend import Answer, Resent, Send
 from worker.pipeline.verify import Check, Verifier
 from worker.store.keys import Keys
 from worker.store.limiter import RateLimiter
+from worker.store.listing import SharedListing
 
 pytestmark = pytest.mark.anyio
 
@@ -387,3 +388,51 @@ async def test_the_numbers_a_round_finds_listed_are_re_sent_packed_into_full_req
     assert api.state.pending_count == 0
     assert all(found[f"b{t}"].resent is Resent.CONFIRMED for t in range(3))
     assert found["b0"].request_ids == found["b1"].request_ids != found["b2"].request_ids
+
+
+async def test_replicas_share_what_they_read_and_only_what_postdates_the_answers(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    numbers = api.state.seed_random(6, task_no="T-1")
+    api.state.acknowledge(numbers[:2])
+    keys = Keys(prefix)
+
+    def replica(config: HubConfig = CONFIG) -> tuple[VerifyHub, ManualClock]:
+        clock = ManualClock()
+        verifier = Verifier(client, page_size=1000, policy=FAST_POLICY, clock=clock)
+        limiter = RateLimiter(redis, keys.limiter, 1000.0)
+        shared = SharedListing(redis, keys.listing_for("default"), ttl_ms=60_000)
+        return VerifyHub(verifier, limiter, config, clock, shared), clock
+
+    (a, a_clock), (b, b_clock) = replica(), replica()
+    late, _ = replica(HubConfig(linger_s=0.0))
+    got: dict[str, Check] = {}
+
+    async def ask(hub: VerifyHub, name: str, batch: Batch) -> None:
+        got[name] = (await hub.check(batch)).check
+
+    async def holds(predicate: Callable[[], bool]) -> bool:
+        return predicate()
+
+    async with anyio.create_task_group() as tg:
+        for hub in (a, b, late):
+            tg.start_soon(hub.run, None)
+        # Both replicas hold a shortfall of task T-1 when the first of them reads it.
+        tg.start_soon(ask, a, "a", batch_of("a", numbers[:3], "T-1"))
+        tg.start_soon(ask, b, "b", batch_of("b", numbers[3:], "T-1"))
+        await wait_for(
+            lambda: holds(lambda: a_clock.sleeping > 0 < b_clock.sleeping), what="gathering"
+        )
+        a_clock.advance(CONFIG.linger_s)
+        await wait_for(lambda: holds(lambda: "a" in got), what="replica a's check")
+        b_clock.advance(CONFIG.linger_s)
+        await wait_for(lambda: holds(lambda: "b" in got), what="replica b's check")
+        assert polls(api) == 1  # b used a's reading of T-1
+        # An answer that came after a's reading cannot be proven by it: asked for again.
+        tg.start_soon(ask, late, "late", batch_of("late", numbers[:1], "T-1"))
+        await wait_for(lambda: holds(lambda: "late" in got), what="the late check")
+        assert polls(api) == 2
+        tg.cancel_scope.cancel()
+    assert (got["a"].not_listed, got["a"].listed) == (numbers[:2], numbers[2:3])
+    assert (got["b"].listed, got["b"].pages) == (numbers[3:], 0)
+    assert got["late"].not_listed == numbers[:1]

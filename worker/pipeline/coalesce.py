@@ -28,6 +28,10 @@ confirmations costs a request per ``batch_size`` numbers found, not one per shor
 request that confirmed all it carried settles its batches' numbers; a short one leaves them
 to the next round's check, where a number no longer listed was confirmed by the re-send.
 
+**And across replicas.** A query read whole on one page is shared through Redis
+(:mod:`worker.store.listing`); a round first looks there, and a query another replica read
+after every answer it is about needs no poll. The listing's last size is shared the same way.
+
 A waiting batch holds no sender: its task waits here, its entries are parked in the lane's
 holdings (refreshed against claims, outside the prefetch bound). A poll the account may not
 make (a permanent or fatal answer) turns verification off for ``verify_max_wait_ms``; the
@@ -36,6 +40,7 @@ shortfalls meanwhile are recorded unverified, without waiting.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,7 +51,9 @@ from worker.entries import Batch, Entry
 from worker.logs import get_logger
 from worker.pipeline.resend import Answer, Resender, Send, Waiter
 from worker.pipeline.verify import Check, Findings, Query, Verifier, plan
+from worker.store.connection import REDIS_ERRORS
 from worker.store.limiter import RateLimiter
+from worker.store.listing import MARGIN_MS, SharedListing, Snapshot
 
 log = get_logger("verify")
 
@@ -97,8 +104,10 @@ class VerifyHub:
         limiter: RateLimiter,
         config: HubConfig,
         clock: Clock = SYSTEM_CLOCK,
+        shared: SharedListing | None = None,
     ) -> None:
         self._verifier = verifier
+        self._shared = shared
         self._limiter = limiter
         self._config = config
         self._clock = clock
@@ -190,10 +199,10 @@ class VerifyHub:
 
     # --- what --------------------------------------------------------------------------
 
-    def _groups(self) -> dict[str, list[Entry]]:
-        # Numbers of every shortfall gathered so far (a number may be in two batches).
+    def _groups(self, gathered: int | None = None) -> dict[str, list[Entry]]:
+        # Numbers of the first ``gathered`` shortfalls (all); a number may be in two batches.
         merged: dict[str, list[Entry]] = {}
-        for waiter in self._waiting:
+        for waiter in self._waiting[:gathered]:
             for number, entries in waiter.groups.items():
                 merged.setdefault(number, []).extend(entries)
         return merged
@@ -206,9 +215,10 @@ class VerifyHub:
         left = max(0, e.total - (self._confirmed - e.confirmed_at))
         return max(1, -(-left // self._verifier.page_size))
 
-    def plan(self) -> Plan:
-        """The cheaper way to check everything gathered (see the module docstring)."""
-        groups = self._groups()
+    def plan(self, gathered: int | None = None) -> Plan:
+        """The cheaper way to check the first ``gathered`` shortfalls (all by default; see
+        the module docstring)."""
+        groups = self._groups(gathered)
         filtered = plan(groups)
         scan = Plan([Query(tuple(groups))], self.listing_pages())
         if any(q.is_scan for q in filtered):
@@ -222,21 +232,74 @@ class VerifyHub:
     async def _round(self, must: bool) -> None:
         # Only the shortfalls gathered before a read began are served by it: an answer that
         # came in while the listing was being read may postdate the page that should list it.
-        chosen, gathered = self.plan(), len(self._waiting)
-        if chosen.cost is None:
+        gathered = len(self._waiting)
+        fleet = await self._from_fleet(gathered)
+        chosen = self.plan(gathered)
+        queries = [q for q in chosen.queries if q.field not in fleet]
+        if chosen.cost is None and queries:
             # The listing's size is not known: its first page tells it, and is the whole
             # proof when the listing fits on it.
-            found = await self._verifier.read(chosen.queries, self._limiter, 1)
-            self._learn(found)
+            found = await self._read(queries, 1, fleet)
             if found.error is not None or _covers(found, chosen.queries):
                 await self._serve(found, gathered)
                 return
             if not must:
                 return  # go on gathering, now knowing what the listing costs
-            chosen, gathered = self.plan(), len(self._waiting)
-        found = await self._verifier.read(chosen.queries, self._limiter, self._config.max_pages)
+            queries = [q for q in self.plan(gathered).queries if q.field not in fleet]
+        await self._serve(await self._read(queries, self._config.max_pages, fleet), gathered)
+
+    async def _read(
+        self, queries: list[Query], pages: int, fleet: dict[str, tuple[Query, Snapshot]]
+    ) -> Findings:
+        found = await self._verifier.read(queries, self._limiter, pages)
         self._learn(found)
-        await self._serve(found, gathered)
+        for query, snapshot in fleet.values():
+            found.add(query, snapshot)
+        await self._share(found)
+        return found
+
+    async def _from_fleet(self, gathered: int) -> dict[str, tuple[Query, Snapshot]]:
+        """The planned queries another replica (or this one) read whole after every answer
+        they are about; the shared total, when fresher, becomes the estimate."""
+        if self._shared is None:
+            return {}
+        queries = {q.field: q for q in plan(self._groups(gathered))}
+        queries["*"] = Query(tuple(self._groups(gathered)))
+        try:
+            now_ms = await self._shared.now_ms()
+            snapshots, total = await self._shared.read(queries)
+        except REDIS_ERRORS:
+            return {}  # sharing only saves polls; a round reads for itself without it
+        mono = self._clock.monotonic()
+        if total is not None:
+            self._adopt(total, mono - (now_ms - total[0]) / 1000.0)
+        answered = self._answered_ms(gathered, now_ms, mono)
+        return {
+            field: (queries[field], snap)
+            for field, snap in snapshots.items()
+            if all(snap.sent_ms >= answered[n] + MARGIN_MS for n in queries[field].numbers)
+        }
+
+    def _answered_ms(self, gathered: int, now_ms: int, mono: float) -> dict[str, int]:
+        """Each gathered number's answer time on Redis's clock (at the latest: when its
+        batch came here)."""
+        return {
+            number: now_ms - int((mono - w.since) * 1000.0)
+            for w in self._waiting[:gathered]
+            for number in w.groups
+        }
+
+    def _adopt(self, total: tuple[int, int], at: float) -> None:
+        e = self._estimate
+        if e is None or at > e.at:
+            self._estimate = _Estimate(total[1], at, self._confirmed)
+
+    async def _share(self, found: Findings) -> None:
+        if self._shared is None or not (found.snapshots or found.total is not None):
+            return
+        total = None if found.total is None else (found.total_ms, found.total)
+        with contextlib.suppress(*REDIS_ERRORS):  # the next round reads for itself
+            await self._shared.write(found.snapshots, total)
 
     def _learn(self, found: Findings) -> None:
         if found.total is not None:

@@ -37,6 +37,7 @@ from worker.store.housekeeping import Housekeeper, HousekeepingConfig, watched_s
 from worker.store.keys import Keys
 from worker.store.leases import LeaseRenewer
 from worker.store.limiter import RateLimiter
+from worker.store.listing import SharedListing
 from worker.store.outage import OutageRule
 from worker.store.settle import Settler
 from worker.store.source import SourceConfig, StreamSource
@@ -157,7 +158,12 @@ class _LaneBuilder:
             slots=slots,
             counted=lambda: self.totals.count_request(POLL, name),
         )
-        hub = None if verifier is None else VerifyHub(verifier, limiter, hub_config(s), p.clock)
+        hub = None
+        if verifier is not None:
+            # Another replica's reading is worth reusing for about as long as a shortfall waits.
+            ttl_ms = max(1000, 2 * s.verify_max_wait_ms)
+            shared = SharedListing(p.redis, p.keys.listing_for(name), ttl_ms)
+            hub = VerifyHub(verifier, limiter, hub_config(s), p.clock, shared)
         processor = self._processor(
             name, client.client, gate, limiter, source.settler, holdings, slots, hub
         )

@@ -40,6 +40,7 @@ from worker.logs import get_logger
 from worker.retry import ApiRetry, RetryPolicy
 from worker.store.connection import REDIS_ERRORS
 from worker.store.limiter import RateLimiter
+from worker.store.listing import Snapshot
 
 log = get_logger("verify")
 
@@ -57,6 +58,13 @@ class Query:
     def is_scan(self) -> bool:
         """True for the unfiltered listing."""
         return self.task_no is None and self.domain is None
+
+    @property
+    def field(self) -> str:
+        """The query's name in the fleet's shared listing (:mod:`worker.store.listing`)."""
+        if self.task_no is not None:
+            return f"t:{self.task_no}"
+        return "*" if self.domain is None else f"d:{self.domain}"
 
 
 @dataclass(slots=True)
@@ -93,7 +101,9 @@ class Check:
 class Findings:
     """What one round of queries read: numbers ``listed``, numbers ``proven`` not listed
     (their query was read whole), the ``pages`` read, the ``error`` that ended the round
-    early, and ``total``, the whole listing's ``TotalItemNum`` when the round read it."""
+    early, ``total``, the whole listing's ``TotalItemNum`` when the round read it (with
+    ``total_ms``, Redis's clock then), and ``snapshots``: each query read whole on one page,
+    to share with the fleet."""
 
     listed: set[str] = field(default_factory=set)
     proven: set[str] = field(default_factory=set)
@@ -101,6 +111,14 @@ class Findings:
     error: str | None = None
     permanent: bool = False
     total: int | None = None
+    total_ms: int = 0
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+
+    def add(self, query: Query, snapshot: Snapshot) -> None:
+        """Place ``query``'s numbers by a whole reading of it (here or by another replica)."""
+        listed = snapshot.listed.intersection(query.numbers)
+        self.listed |= listed
+        self.proven.update(n for n in query.numbers if n not in listed)
 
     def check(self, numbers: Iterable[str], batches: int) -> Check:
         """The check of ``numbers`` (in their order) by what this round read."""
@@ -211,9 +229,13 @@ class Verifier:
             for page_num in itertools.count(1):
                 if not budget.take():
                     return listed, False
-                page = await self._page(query, page_num, limiter)
+                page, granted_ms = await self._page(query, page_num, limiter)
                 if query.is_scan:
-                    found.total = page.total_items
+                    found.total, found.total_ms = page.total_items, granted_ms
+                if page_num == 1 and page.total_pages <= 1 and not page.next_page:
+                    # One page is the whole listing of this query, as of just after granted_ms.
+                    numbers = frozenset(item.task_detail_no for item in page.items)
+                    found.snapshots[query.field] = Snapshot(granted_ms, numbers)
                 listed |= wanted.intersection(item.task_detail_no for item in page.items)
                 if listed == wanted:
                     return listed, True
@@ -223,7 +245,10 @@ class Verifier:
                 if page_num >= page.total_pages and not page.next_page:
                     return listed, True
 
-    async def _page(self, query: Query, page_num: int, limiter: RateLimiter) -> PollPage:
+    async def _page(
+        self, query: Query, page_num: int, limiter: RateLimiter
+    ) -> tuple[PollPage, int]:
+        """The page, and Redis's clock (ms) when its rate-limit slot was granted."""
         retry = ApiRetry(
             self._policy,
             self._rng,
@@ -234,11 +259,12 @@ class Verifier:
         while True:
             try:
                 async with self._slots or contextlib.nullcontext():
-                    await limiter.acquire(probe=False)  # it reports no outcome
+                    slot = await limiter.acquire(probe=False)  # it reports no outcome
                     self._counted()
-                    return await self._poller.poll_task_result(
+                    page = await self._poller.poll_task_result(
                         page_num, self.page_size, task_no=query.task_no, domain_name=query.domain
                     )
+                    return page, slot.granted_us // 1000
             except ApiError as exc:
                 if not await retry.failed(exc):
                     raise

@@ -104,6 +104,13 @@ class Keys:
         ``<prefix>:limiter:<account>``, so each account has its own rate and fleet pause."""
         return self.limiter if account == DEFAULT_ACCOUNT else f"{self.limiter}:{account}"
 
+    def listing_for(self, account: str) -> str:
+        """Where the fleet shares what verifications read of ``account``'s ``PollTaskResult``
+        listing: keys ``<this>:<query>`` (:mod:`worker.store.listing`); ``<prefix>:listing``
+        for ``default``, else ``<prefix>:listing:<account>``."""
+        base = f"{self.prefix}:listing"
+        return base if account == DEFAULT_ACCOUNT else f"{base}:{account}"
+
     @property
     def inflight(self) -> str:
         """Hash of numbers being sent right now: number -> ``consumer|lease deadline ms``."""
