@@ -148,15 +148,16 @@ def problems(plan: Plan, books: Books, api: BookedApi) -> list[str]:
     short = {n for _, ids in books.records for n in ids}
     found: list[str] = []
     for number in plan.numbers:
+        # Dedupe memory keeps every outcome (confirmed, not listed, dead-lettered): a number
+        # remembered with neither a dead letter nor a record was confirmed.
         places = [
             name
             for name, there in (
-                ("confirmed", number in books.remembered),
                 ("dead-lettered", number in dead),
                 ("recorded short", number in short),
             )
             if there
-        ]
+        ] or (["confirmed"] if number in books.remembered else [])
         if len(places) != 1:
             found.append(f"{number} is {' and '.join(places) or 'nowhere'}")
     found += _misplaced(plan, books, api, short)
