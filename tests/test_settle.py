@@ -47,11 +47,12 @@ async def pending_on(redis: Redis, keys: Keys, entry: Entry) -> str | None:
 
 
 def outcome(entries: list[Entry], confirmed: list[str]) -> Settlement:
-    """A short batch's settlement: ``confirmed`` remembered, the rest dead, one record."""
+    """A short batch's settlement: ``confirmed`` remembered, the rest dead (and remembered
+    with their dead letters), one record."""
     s = Settlement([e.entry_id for e in entries], digests(confirmed), leases_of(entries))
-    s.dead = [
-        {"id": e.number, "reason": "unconfirmed"} for e in entries if e.number not in confirmed
-    ]
+    dead = [e.number for e in entries if e.number not in confirmed]
+    s.dead = [{"id": number, "reason": "unconfirmed"} for number in dead]
+    s.decided = digests(dead)
     s.reconcile = [{"batch_id": "c1-1", "kind": "shortfall"}]
     return s
 
@@ -77,6 +78,7 @@ async def test_the_same_settlement_twice_writes_one_dead_letter_and_one_record(
     assert await redis.xlen(keys.tasks) == 0
     assert (first.applied, first.repeated) == (True, False)
     assert (again.applied, again.repeated) == (True, True)
+    assert await confirmed(redis, keys, N1) and await confirmed(redis, keys, N2)
     # Once the stored reply has expired, a repeat finds the entries settled: no-op too.
     late = await settler.settle(outcome(entries, [N1]))
     assert (late.applied, late.not_owned) == (False, 2)
@@ -134,8 +136,10 @@ async def test_a_settle_by_a_consumer_that_lost_its_entry_keeps_only_the_answer(
     assert await redis.xlen(keys.reconcile) == 0
     assert await redis.xlen(keys.tasks) == 2
     assert [await pending_on(redis, keys, e) for e in entries] == ["c2", "c1"]
-    # The API's answer is kept: c2 settles N1 as a duplicate, without a request.
+    # The API's answer is kept: c2 settles N1 as a duplicate, without a request. N2's dead
+    # letter was not written, so neither is its memory: its holder decides it.
     assert await confirmed(redis, keys, N1)
+    assert not await confirmed(redis, keys, N2)
     assert await redis.hlen(keys.inflight) == 0  # type: ignore[misc]  # c1's own leases
     assert (result.applied, result.not_owned) == (False, 1)
     assert totals.not_owned == 1

@@ -262,7 +262,7 @@ class Processor:
         at = self._now()
         # Remembered too: a late duplicate of a dead-lettered number costs no request
         # (``ackworker dead replay`` forgets them again).
-        settlement = Settlement(remember=batch.digests(), release=leases_of(batch.entries()))
+        settlement = Settlement(decided=batch.digests(), release=leases_of(batch.entries()))
         for entry in batch.entries():
             settlement.ack.append(entry.entry_id)
             record = entry_dead_letter(entry, reason, exc.summary(), report.attempts, at)

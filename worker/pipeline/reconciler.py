@@ -219,17 +219,21 @@ class Resolution:
             shortfall=max(0, submitted - confirmed - len(self.open)),
         )
 
-    def remembered(self) -> list[str]:
-        """The numbers dedupe memory keeps: all but the ones no check could place."""
-        unplaced = set(self.unknown)
-        return [n for n in self.batch.numbers if n not in unplaced]
+    def decided(self) -> list[str]:
+        """Numbers placed but not proven confirmed by this batch: not listed (confirmed
+        elsewhere or unknown to the API) and dead-lettered. Dedupe memory keeps them with the
+        outcome; the ones no check could place are not remembered."""
+        return [*self.unaccounted, *self.open]
 
     def settlement(self, request_ids: Sequence[str], attempts: int, at: str) -> Settlement:
         """The one settle of the whole batch: every entry acknowledged, placed numbers
         remembered, open ones dead-lettered, and the reconcile record."""
         b = self.batch
         s = Settlement(ack=[e.entry_id for e in b.entries()], release=leases_of(b.entries()))
-        s.remember = b.subset(self.remembered()).digests()
+        if self.confirmed:
+            s.confirmed = b.subset(self.confirmed).digests()
+        if decided := self.decided():
+            s.decided = b.subset(decided).digests()
         t = self.tally()
         for number in self.open:
             for entry in b.groups[number]:

@@ -16,7 +16,7 @@ holds the entries. One script run, in this order:
    consumer (one ``XPENDING`` per entry). If one is not (a consumer that stalled past
    ``claim_idle_ms`` lost it to a claim, or it was settled already), the run writes no dead
    letter or reconcile record and acknowledges nothing: the outcomes are left to whoever holds
-   the entries (``settle.not_owner``). Even so it remembers the numbers to remember, which keeps
+   the entries (``settle.not_owner``). Even so it remembers the confirmed numbers, which keeps
    the API's answer (the claimer, reserving them, finds them confirmed and settles them as
    duplicates without a request), and releases this settlement's own leases. The ownership
    check is also what makes a repeat harmless once its stored reply has expired: an applied
@@ -83,12 +83,15 @@ class Settlement:
     recognisable (see the module docstring)."""
 
     ack: list[bytes] = field(default_factory=list)
-    # Digests (worker.ids.digests) of the numbers dedupe memory keeps: confirmed, found not
-    # listed, or dead-lettered; a late duplicate of any of them costs no request.
-    remember: bytes = b""
+    # Digests (worker.ids.digests) of the numbers dedupe memory keeps, so a late duplicate
+    # costs no request: ``confirmed`` ones always (the API's answer is kept even when the
+    # entries turned out to be another consumer's), ``decided`` ones (found not listed,
+    # dead-lettered) only with the outcome itself.
+    confirmed: bytes = b""
     release: dict[str, str] = field(default_factory=dict)
     dead: list[dict[str, str]] = field(default_factory=list)
     reconcile: list[dict[str, str]] = field(default_factory=list)
+    decided: bytes = b""
     token: str = field(default_factory=lambda: secrets.token_hex(8))
 
     def __bool__(self) -> bool:
@@ -144,10 +147,11 @@ class Settler:
             self._ttl_s,
             REPLY_TTL_S,
             b"\n".join(s.ack),
-            s.remember,
+            s.confirmed,
             join_numbers(s.release),
             join_numbers(s.release.values()),
             len(s.dead),
+            s.decided,
             *map(_flat, s.dead),
             *map(_flat, s.reconcile),
         ]

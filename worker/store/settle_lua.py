@@ -22,7 +22,8 @@ Scripts call it for every key they write before writing any (Lua does not roll b
 # this settlement's reply is kept. ARGV: 1 group, 2 consumer, 3 seen prefix, 4 bucket
 # seconds, 5 dedupe TTL seconds, 6 reply TTL seconds, 7 entry ids to ack, 8 confirmed
 # digests, 9 numbers whose leases to release, 10 each one's batch, 11 how many dead letters,
-# then the dead letters and the reconcile records (flat JSON lists).
+# 12 digests of the other outcomes' numbers (not listed, dead-lettered), then the dead letters
+# and the reconcile records (flat JSON lists).
 SETTLE = (
     WRONG_TYPE
     + """
@@ -36,21 +37,27 @@ end
 -- 1. A repeat of this call (its reply was lost) answers what the first run answered.
 local done = redis.call('GET', KEYS[5])
 if done then return {tonumber(done), 1} end
-local ids, digests, n_dead = split(ARGV[7]), ARGV[8], tonumber(ARGV[11])
+local ids, n_dead = split(ARGV[7]), tonumber(ARGV[11])
 local numbers, batches = split(ARGV[9]), split(ARGV[10])
+-- seen[i] = {hash, field, always}: confirmed numbers are remembered always, the other
+-- outcomes only with the outcome itself.
 local seen, expire_at = {}, 0
-if #digests > 0 and ttl_s > 0 then
+if #ARGV[8] + #ARGV[12] > 0 and ttl_s > 0 then
   local bucket = math.floor(tonumber(redis.call('TIME')[1]) / bucket_len)
   expire_at = (bucket + 1) * bucket_len + ttl_s
-  for j = 1, #digests, 12 do
-    local shard = (string.byte(digests, j) * 256 + string.byte(digests, j + 1)) % 4096
-    seen[#seen + 1] = {seen_prefix .. bucket .. ':' .. shard, string.sub(digests, j + 2, j + 11)}
+  for _, set in ipairs({{ARGV[8], true}, {ARGV[12], false}}) do
+    local digests = set[1]
+    for j = 1, #digests, 12 do
+      local shard = (string.byte(digests, j) * 256 + string.byte(digests, j + 1)) % 4096
+      local hash = seen_prefix .. bucket .. ':' .. shard
+      seen[#seen + 1] = {hash, string.sub(digests, j + 2, j + 11), set[2]}
+    end
   end
 end
 -- 2. Every key written below is checked before the first write.
 local written = {}
 if n_dead > 0 then written[#written + 1] = {KEYS[2], 'stream'} end
-if #ARGV > 11 + n_dead then written[#written + 1] = {KEYS[3], 'stream'} end
+if #ARGV > 12 + n_dead then written[#written + 1] = {KEYS[3], 'stream'} end
 if #numbers > 0 then written[#written + 1] = {KEYS[4], 'hash'} end
 local checked = {}
 for _, s in ipairs(seen) do
@@ -71,20 +78,23 @@ for _, id in ipairs(ids) do
 end
 -- 4. Outcomes first, then dedupe memory, leases, this reply; XACK and XDEL last.
 if not_owned == 0 then
-  for j = 12, 11 + n_dead do
+  for j = 13, 12 + n_dead do
     redis.call('XADD', KEYS[2], '*', unpack(cjson.decode(ARGV[j])))
   end
-  for j = 12 + n_dead, #ARGV do
+  for j = 13 + n_dead, #ARGV do
     redis.call('XADD', KEYS[3], '*', unpack(cjson.decode(ARGV[j])))
   end
 end
--- Remembered even when the entries are not ours: the API did confirm these numbers.
+-- Confirmed numbers are remembered even when the entries are not ours: the API did confirm
+-- them. Another outcome is the holder's to write, and so is its memory.
 local expiring = {}
 for _, s in ipairs(seen) do
-  redis.call('HSET', s[1], s[2], '1')
-  if not expiring[s[1]] then
-    expiring[s[1]] = true
-    redis.call('EXPIREAT', s[1], expire_at)
+  if s[3] or not_owned == 0 then
+    redis.call('HSET', s[1], s[2], '1')
+    if not expiring[s[1]] then
+      expiring[s[1]] = true
+      redis.call('EXPIREAT', s[1], expire_at)
+    end
   end
 end
 -- Only the lease of the entry's own batch: another batch of this consumer may be sending a
