@@ -15,8 +15,8 @@ from redis.asyncio import Redis
 from tests.harness import FAST_POLICY, TEST_CREDENTIALS, wait_for
 from worker.api.client import AckResult, DomainClient, PollPage
 from worker.dev.mockapi.server import MockApi, serve_mock_api
-from worker.entries import Batch, Entry
-from worker.errors import AuthError
+from worker.entries import Batch, Entry, Holdings
+from worker.errors import ApiError, AuthError, PermanentApiError
 from worker.pipeline.coalesce import HubConfig, VerifyHub
 from worker.pipeline.report import BatchReport
 from worker.pipeline.resend import Answer, Resent, Send
@@ -436,3 +436,59 @@ async def test_replicas_share_what_they_read_and_only_what_postdates_the_answers
     assert (got["a"].not_listed, got["a"].listed) == (numbers[:2], numbers[2:3])
     assert (got["b"].listed, got["b"].pages) == (numbers[3:], 0)
     assert got["late"].not_listed == numbers[:1]
+
+
+def test_parked_entries_take_no_room_up_to_the_park_limit() -> None:
+    holdings = Holdings(capacity=4, park_limit=3)
+    waiting = [Entry(f"1-{i}".encode(), f"{i:032x}") for i in range(4)]
+    holdings.add(waiting)
+    assert holdings.full
+    holdings.park(waiting[:2])  # a short batch waits for its verification
+    assert (holdings.free, len(holdings)) == (2, 4)
+    more = [Entry(f"2-{i}".encode(), f"{i + 10:032x}") for i in range(2)]
+    holdings.add(more)
+    holdings.park(more)  # one more fits under the limit; the other takes room again
+    assert (holdings.free, len(holdings)) == (1, 6)
+    assert holdings.is_parked(more[0])
+    assert not holdings.is_parked(more[1])
+    holdings.discard(waiting[:2])  # settled: the limit has room again
+    assert (holdings.free, len(holdings)) == (1, 4)
+    assert not holdings.is_parked(waiting[0])
+
+
+class Refuses:
+    """Acknowledges through the stand-in, but refuses any request carrying ``bad``."""
+
+    def __init__(self, client: DomainClient, bad: str) -> None:
+        self._client = client
+        self._bad = bad
+        self.sent: list[list[str]] = []
+
+    async def send(self, batch: Batch, report: BatchReport) -> AckResult | ApiError:
+        self.sent.append(batch.numbers)
+        report.attempts += 1
+        if self._bad in batch.groups:
+            return PermanentApiError("InvalidParameter", "refused", request_id="r-bad")
+        return await self._client.acknowledge(batch.numbers)
+
+
+async def test_a_pack_the_api_rejects_is_sent_again_batch_by_batch(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    guilty = api.state.seed_random(2, task_no="T-1")
+    innocent = api.state.seed_random(2, task_no="T-2")
+    refuses = Refuses(client, guilty[0])
+    found: dict[str, Answer] = {}
+
+    async def body(rig: Rig) -> None:
+        rig.submit(batch_of("guilty", guilty, "T-1"), refuses.send)
+        rig.submit(batch_of("innocent", innocent, "T-2"), refuses.send)
+        await rig.asleep()
+        rig.clock.advance(CONFIG.linger_s)
+        await rig.until("both answers", lambda: len(rig.answers) == 2)
+        found.update(rig.answers)
+
+    await with_hub(redis, prefix, client, body)
+    assert refuses.sent == [guilty + innocent, guilty, innocent]
+    assert (found["guilty"].resent, found["innocent"].resent) == (Resent.FAILED, Resent.CONFIRMED)
+    assert (found["guilty"].attempts, found["innocent"].attempts) == (2, 2)

@@ -188,14 +188,15 @@ class Holdings:
 
     It is what shutdown hands back, and with a ``capacity`` it is the prefetch bound: the
     intake waits for room before reading more. Parked entries (a short batch's, waiting for
-    its verification, bounded by ``verify_max_numbers``) are held but take no room: they must
-    not stop the intake whose progress the verification waits for.
+    its verification) are held but take no room, up to ``park_limit``: they must not stop
+    the intake whose progress the verification waits for, but they stay bounded.
     """
 
-    def __init__(self, capacity: int | None = None) -> None:
+    def __init__(self, capacity: int | None = None, park_limit: int | None = None) -> None:
         self._held: dict[bytes, Entry] = {}
         self._parked: set[bytes] = set()
         self._capacity = capacity
+        self._park_limit = park_limit
         self._room: anyio.Event | None = None
 
     @property
@@ -215,8 +216,10 @@ class Holdings:
         return max(0, self._capacity - self._taking_room)
 
     def park(self, entries: list[Entry]) -> None:
-        """Held entries that wait for their batch's verification: they take no room."""
-        self._parked.update(e.entry_id for e in entries if e.entry_id in self._held)
+        """Held entries that wait for their batch's verification: they take no room, up to
+        ``park_limit`` of them; beyond it they do, so the intake slows down."""
+        room = len(entries) if self._park_limit is None else self._park_limit - len(self._parked)
+        self._parked.update(e.entry_id for e in entries[: max(0, room)] if e.entry_id in self._held)
         self._wake()
 
     def is_parked(self, entry: Entry) -> bool:

@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
+from anyio.abc import TaskGroup
 
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.entries import Batch, Entry
@@ -119,6 +120,7 @@ class VerifyHub:
         self._estimate: _Estimate | None = None
         self._off_until = 0.0
         self._off_error = ""
+        self._tg: TaskGroup | None = None
         self._resender = Resender(clock, config.batch_size, self.note_confirmed)
 
     @property
@@ -147,12 +149,16 @@ class VerifyHub:
     async def run(self, stopping: anyio.Event | None = None) -> None:
         """Do the rounds, for ever; ``stopping`` set makes every round go at once."""
         self._stopping = stopping
-        while True:
-            if not self._waiting:
-                self._wake = anyio.Event()
-                await self._wake.wait()
-                continue
-            await self._round(must=await self._gather())
+        # Re-sends run in tasks of their own: a round's re-sends (retried for as long as
+        # retry_budget_s) must not hold up the next round's checks.
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            while True:
+                if not self._waiting:
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                    continue
+                await self._round(must=await self._gather())
 
     # --- when --------------------------------------------------------------------------
 
@@ -241,12 +247,12 @@ class VerifyHub:
             # proof when the listing fits on it.
             found = await self._read(queries, 1, fleet)
             if found.error is not None or _covers(found, chosen.queries):
-                await self._serve(found, gathered)
+                self._serve(found, gathered)
                 return
             if not must:
                 return  # go on gathering, now knowing what the listing costs
             queries = [q for q in self.plan(gathered).queries if q.field not in fleet]
-        await self._serve(await self._read(queries, self._config.max_pages, fleet), gathered)
+        self._serve(await self._read(queries, self._config.max_pages, fleet), gathered)
 
     async def _read(
         self, queries: list[Query], pages: int, fleet: dict[str, tuple[Query, Snapshot]]
@@ -309,15 +315,25 @@ class VerifyHub:
             self._off_error = f"verification unavailable: {found.error}"
             log.warning("reconcile.verify_off", error=found.error, off_s=self._config.max_wait_s)
 
-    async def _serve(self, found: Findings, gathered: int) -> None:
+    def _serve(self, found: Findings, gathered: int) -> None:
         served, self._waiting = self._waiting[:gathered], self._waiting[gathered:]
         self._gathered = sum(len(w.groups) for w in self._waiting)
+        resend = []
         for waiter in served:
-            waiter.answer = Answer(found.check(waiter.groups, len(served)))
+            waiter.answer = check = Answer(found.check(waiter.groups, len(served)))
+            if waiter.send is not None and check.check.listed and not check.check.failed:
+                resend.append(waiter)
+            else:
+                waiter.done.set()
+        if resend:
+            assert self._tg is not None
+            self._tg.start_soon(self._resend, resend)
+
+    async def _resend(self, waiters: list[Waiter]) -> None:
         try:
-            await self._resender.send(served)
+            await self._resender.send(waiters)
         finally:
-            for waiter in served:
+            for waiter in waiters:
                 waiter.done.set()
 
 

@@ -146,7 +146,8 @@ class _LaneBuilder:
         source = build_source(s, p, self.totals, keys, name if routed else None)
         gate = SendGate(p.policy, p.clock, client.reload_credentials or (lambda: None))
         # About 2 x concurrency x batch_size: queued batches plus those being sent, plus one.
-        holdings = Holdings(s.batch_size * (2 * s.concurrency + 1))
+        # Parked short batches (waiting for verification) take no room, up to a round's worth.
+        holdings = Holdings(s.batch_size * (2 * s.concurrency + 1), s.verify_max_numbers)
         limiter = self._limiter(account, holdings)
         slots = anyio.Semaphore(s.concurrency)
         verifier = build_verifier(

@@ -19,7 +19,7 @@ import anyio
 from worker.api.client import AckResult
 from worker.clock import Clock
 from worker.entries import Batch, Entry
-from worker.errors import ApiError, describe
+from worker.errors import ApiError, PermanentApiError, describe
 from worker.logs import get_logger
 from worker.pipeline.report import BatchReport
 from worker.pipeline.verify import Check
@@ -83,7 +83,8 @@ class Resender:
         self._seq = itertools.count(1)
 
     async def send(self, served: list[Waiter]) -> None:
-        """Send the served batches' listed numbers again, packed into full requests."""
+        """Send the served batches' listed numbers again, packed into full requests; a pack
+        the API rejects is sent again batch by batch."""
         async with anyio.create_task_group() as tg:
             for pack in packs(served, self._batch_size):
                 tg.start_soon(self._send_pack, pack)
@@ -105,8 +106,13 @@ class Resender:
         for waiter in pack:
             assert waiter.answer is not None
             waiter.answer.resent, waiter.answer.error = outcome, error
-            waiter.answer.request_ids = report.request_ids
-            waiter.answer.attempts = report.attempts
+            waiter.answer.request_ids += report.request_ids
+            waiter.answer.attempts += report.attempts
+        if isinstance(error, PermanentApiError) and len(pack) > 1:
+            # One batch's number may be what the API refuses: each batch on its own, so the
+            # others are not dead-lettered with it.
+            for waiter in pack:
+                await self._send_pack([waiter])
 
     async def _outcome(
         self, send: Send, merged: Batch, report: BatchReport
