@@ -4,8 +4,8 @@ With ``drop_rate`` each number of a request is, with that probability, answered 
 confirmed and left pending, as in a silent failure of the service. Every such batch comes
 up short. Two workers with verified reconciliation on (the default) never re-send a short
 batch blind: they ask ``PollTaskResult`` which numbers are still listed (the shortfalls of
-many batches together) and send only those again, packed into full requests, until none is. The results belong to
-tasks, and are enqueued with their ``task_no`` (as ``ackworker poll`` writes them); a few
+many batches together) and send only those again, packed into full requests, until none is.
+The results belong to tasks, and are enqueued with their ``task_no`` (as ``ackworker poll`` writes them); a few
 numbers the stand-in never had come along, which verification can only report. Once
 drained, every stranger and a few confirmed numbers arrive again, late.
 

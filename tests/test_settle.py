@@ -78,7 +78,8 @@ async def test_the_same_settlement_twice_writes_one_dead_letter_and_one_record(
     assert await redis.xlen(keys.tasks) == 0
     assert (first.applied, first.repeated) == (True, False)
     assert (again.applied, again.repeated) == (True, True)
-    assert await confirmed(redis, keys, N1) and await confirmed(redis, keys, N2)
+    assert await confirmed(redis, keys, N1)
+    assert await confirmed(redis, keys, N2)
     # Once the stored reply has expired, a repeat finds the entries settled: no-op too.
     late = await settler.settle(outcome(entries, [N1]))
     assert (late.applied, late.not_owned) == (False, 2)
