@@ -5,9 +5,9 @@ confirmed and left pending, as in a silent failure of the service. Every such ba
 up short. Two workers with verified reconciliation on (the default) never re-send a short
 batch blind: they ask ``PollTaskResult`` which numbers are still listed (the shortfalls of
 many batches together) and send only those again, packed into full requests, until none is.
-The results belong to tasks, and are enqueued with their ``task_no`` (as ``ackworker poll`` writes them); a few
-numbers the stand-in never had come along, which verification can only report. Once
-drained, every stranger and a few confirmed numbers arrive again, late.
+The results belong to tasks, and are enqueued with their ``task_no`` (as ``ackworker poll``
+writes them); a few numbers the stand-in never had come along, which verification can only
+report. Once drained, every stranger and a few confirmed numbers arrive again, late.
 
 Checked: the stand-in ends with nothing pending (every number it could confirm was
 confirmed), nothing is lost, every reconcile record is verified, no seeded number is
