@@ -492,3 +492,30 @@ async def test_a_pack_the_api_rejects_is_sent_again_batch_by_batch(
     assert refuses.sent == [guilty + innocent, guilty, innocent]
     assert (found["guilty"].resent, found["innocent"].resent) == (Resent.FAILED, Resent.CONFIRMED)
     assert (found["guilty"].attempts, found["innocent"].attempts) == (2, 2)
+
+
+async def test_a_number_without_task_or_domain_does_not_sink_the_others(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    api.state.seed_random(2500)  # three pages of others' results
+    tasked = api.state.seed_random(2, task_no="T-1")
+    api.state.acknowledge(tasked[:1])
+    taskless = api.state.seed_random(1)  # the newest result: on the listing's last page
+    found: dict[str, Check] = {}
+
+    async def body(rig: Rig) -> None:
+        rig.submit(batch_of("tasked", tasked, "T-1"))
+        rig.submit(batch_of("taskless", [*taskless, f"{5:032x}"]))
+        await rig.asleep()
+        rig.clock.advance(CONFIG.linger_s)
+        await rig.until("the size is learnt", lambda: rig.hub.listing_pages() == 3)
+        await rig.asleep()
+        rig.clock.advance(CONFIG.max_wait_s)
+        await rig.until("both checks", lambda: len(rig.checks) == 2)
+        found.update(rig.checks)
+
+    await with_hub(redis, prefix, client, body)
+    # The task's query proves its numbers; the listing, three pages long, only finds.
+    assert (found["tasked"].not_listed, found["tasked"].listed) == (tasked[:1], tasked[1:])
+    assert (found["taskless"].listed, found["taskless"].unknown) == (taskless, [f"{5:032x}"])
+    assert polls(api) == 1 + 1 + 3  # the probe, the task's page, the listing's three

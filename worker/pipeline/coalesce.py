@@ -58,6 +58,10 @@ from worker.store.listing import MARGIN_MS, SharedListing, Snapshot
 
 log = get_logger("verify")
 
+RECHECK_FLOOR_S = 0.1
+"""While a round waits for a cheaper listing, it looks again this often at the least (with
+``verify_linger_ms`` 0 it would otherwise spin)."""
+
 
 @dataclass(frozen=True, slots=True)
 class HubConfig:
@@ -183,7 +187,8 @@ class VerifyHub:
                 cost = self.plan().cost
                 if cost is None or cost <= 1:
                     return False
-                left = min(c.linger_s, self._waiting[0].since + c.max_wait_s - now)
+                recheck = max(c.linger_s, RECHECK_FLOOR_S)
+                left = min(recheck, self._waiting[0].since + c.max_wait_s - now)
             await self._sleep_or_wake(left)
 
     async def _sleep_or_wake(self, seconds: float) -> None:
@@ -223,15 +228,22 @@ class VerifyHub:
 
     def plan(self, gathered: int | None = None) -> Plan:
         """The cheaper way to check the first ``gathered`` shortfalls (all by default; see
-        the module docstring)."""
+        the module docstring). Only a one-page reading proves a number is not listed, so
+        the whole listing is worth reading only when it fits on one page; numbers with
+        neither task nor domain cannot be proven until it does."""
         groups = self._groups(gathered)
         filtered = plan(groups)
-        scan = Plan([Query(tuple(groups))], self.listing_pages())
-        if any(q.is_scan for q in filtered):
+        pages = self.listing_pages()
+        scan = Plan([Query(tuple(groups))], pages)
+        taskless = any(q.is_scan for q in filtered)
+        if pages is None and (taskless or len(filtered) > 1):
+            return scan  # learn the size first: one page may be everything
+        if pages == 1:
             return scan
-        if scan.cost is None:
-            return Plan(filtered, 1) if len(filtered) <= 1 else scan
-        return scan if scan.cost <= len(filtered) else Plan(filtered, len(filtered))
+        if taskless:
+            # What can be proven is, by task and domain; the rest only found listed.
+            return Plan(filtered, len(filtered) + (pages or 0))
+        return Plan(filtered, len(filtered))
 
     # --- the round ---------------------------------------------------------------------
 
@@ -239,9 +251,14 @@ class VerifyHub:
         # Only the shortfalls gathered before a read began are served by it: an answer that
         # came in while the listing was being read may postdate the page that should list it.
         gathered = len(self._waiting)
+        if self._clock.monotonic() < self._off_until:
+            self._serve(Findings(error=self._off_error), gathered)
+            return
         fleet = await self._from_fleet(gathered)
         chosen = self.plan(gathered)
         queries = [q for q in chosen.queries if q.field not in fleet]
+        if queries and not must and chosen.cost is not None and chosen.cost > 1:
+            return  # the fleet told the listing's size: not cheap yet, go on gathering
         if chosen.cost is None and queries:
             # The listing's size is not known: its first page tells it, and is the whole
             # proof when the listing fits on it.
@@ -271,12 +288,14 @@ class VerifyHub:
             return {}
         queries = {q.field: q for q in plan(self._groups(gathered))}
         queries["*"] = Query(tuple(self._groups(gathered)))
+        # Taken before Redis's clock is read, so each answer's time on it comes out late,
+        # never early: a reading counts only if it surely came after the answer.
+        mono = self._clock.monotonic()
         try:
             now_ms = await self._shared.now_ms()
             snapshots, total = await self._shared.read(queries)
         except REDIS_ERRORS:
             return {}  # sharing only saves polls; a round reads for itself without it
-        mono = self._clock.monotonic()
         if total is not None:
             self._adopt(total, mono - (now_ms - total[0]) / 1000.0)
         answered = self._answered_ms(gathered, now_ms, mono)

@@ -24,7 +24,7 @@ import anyio
 from worker.api.client import Acknowledger, AckResult
 from worker.clock import SYSTEM_CLOCK, Clock, iso_utc
 from worker.entries import Batch, Entry, Holdings
-from worker.errors import ApiError, PermanentApiError, describe
+from worker.errors import ApiError, PermanentApiError
 from worker.logs import get_logger
 from worker.pipeline.coalesce import VerifyHub
 from worker.pipeline.reconciler import Resolution, assess, reconcile_record, verdict_fields
@@ -208,12 +208,10 @@ class Processor:
     async def _verify(self, case: Resolution, report: BatchReport) -> None:
         """Check, re-send what ``PollTaskResult`` still lists (``<batch_id>.v<n>``, at most
         ``max_attempts`` rounds), then settle the whole batch once, with its record."""
-        try:
-            await self._verify_rounds(case, report)
-            await self._settle_case(case, report)
-        except REDIS_ERRORS:
-            self._d.holdings.discard(case.batch.entries())
-            raise
+        # Neither raises a Redis error: the hub answers every check, a lost re-send is an
+        # answer, and the settle is shielded (its entries stay pending if it cannot write).
+        await self._verify_rounds(case, report)
+        await self._settle_case(case, report)
         self._part_done(report)
 
     async def _verify_rounds(self, case: Resolution, report: BatchReport) -> None:
@@ -305,10 +303,6 @@ class Processor:
 
     def _now(self) -> str:
         return iso_utc(self._d.clock.now())
-
-
-def _followup_failed(batch: Batch, step: str, exc: BaseException) -> None:
-    log.warning("batch.followup_failed", batch_id=batch.batch_id, step=step, error=describe(exc))
 
 
 def _dead_reason(exc: ApiError) -> str:

@@ -243,14 +243,16 @@ class Resolution:
 
     def record(self, request_ids: Sequence[str], at: str) -> dict[str, str]:
         """The reconcile record: unverified, every number; verified, only those that may be
-        unconfirmed (``ids``), with the ``unconfirmed`` and ``unknown`` ones also apart."""
+        unconfirmed and have no dead letter (``ids``), with the ``unknown`` ones also apart and
+        the dead-lettered ``unconfirmed`` ones listed on their own."""
         submitted = len(self.batch.groups)
         confirmed = min(self.answered_total, submitted)
-        verdict = Verdict(submitted, confirmed, submitted - confirmed, 0)
+        # Numbers still listed at the end are dead letters: their outcome is there, not here.
+        verdict = Verdict(submitted, confirmed, submitted - confirmed - len(self.open), 0)
         record = {**reconcile_record(self.batch, verdict, request_ids, at), "kind": "shortfall"}
         if not self.verified:
             return record
-        named = {*self.open, *self.unknown, *self.unaccounted}
+        named = {*self.unknown, *self.unaccounted}
         return {
             **record,
             "verified": "true",

@@ -14,18 +14,16 @@ decides which of the two to read, for the shortfalls of many batches at once. Ev
 first takes a slot of the account's shared rate limiter, like a send, and is counted as a
 ``poll`` request.
 
-A query proves a number is not listed only when it was read to its last page and the listing
-did not change while it was read (the same ``TotalItemNum`` on every page): acknowledging
-shifts later results to earlier pages, so a number could slip past a reader between pages.
-One page is a snapshot, so a query that fits on one page is always proof. When the total
-changed the query is read again from page 1, as long as pages are left. A query stops early
-once every number it looks for was found listed.
+A query proves a number is not listed only when it fits on one page: a page is a snapshot
+of the query's listing, but pages read one after another are not (acknowledging shifts
+later results to earlier pages, and new results join, so a listed number could be on
+neither of two pages read a moment apart). A longer query proves only the numbers it finds;
+it stops early once it has found every number it looks for.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -221,29 +219,27 @@ class Verifier:
     async def _read(
         self, query: Query, budget: _Budget, limiter: RateLimiter, found: Findings
     ) -> tuple[set[str], bool]:
-        """The query's numbers found listed, and whether the listing was read to its end."""
+        """The query's numbers found listed, and whether that places all of them: every one
+        was found, or the query fits on one page, which is a snapshot of it. Pages read one
+        after another are not: confirmations and new results shift later pages between two
+        reads, so a listed number could be on neither of them."""
         wanted = set(query.numbers)
         listed: set[str] = set()
-        while True:
-            total: int | None = None
-            for page_num in itertools.count(1):
-                if not budget.take():
-                    return listed, False
-                page, granted_ms = await self._page(query, page_num, limiter)
-                if query.is_scan:
-                    found.total, found.total_ms = page.total_items, granted_ms
-                if page_num == 1 and page.total_pages <= 1 and not page.next_page:
-                    # One page is the whole listing of this query, as of just after granted_ms.
-                    numbers = frozenset(item.task_detail_no for item in page.items)
-                    found.snapshots[query.field] = Snapshot(granted_ms, numbers)
-                listed |= wanted.intersection(item.task_detail_no for item in page.items)
-                if listed == wanted:
-                    return listed, True
-                if total is not None and page.total_items != total:
-                    break  # the listing moved under us: read it again from page 1
-                total = page.total_items
-                if page_num >= page.total_pages and not page.next_page:
-                    return listed, True
+        page_num = 0
+        while budget.take():
+            page_num += 1
+            page, granted_ms = await self._page(query, page_num, limiter)
+            if query.is_scan:
+                found.total, found.total_ms = page.total_items, granted_ms
+            on_page = frozenset(item.task_detail_no for item in page.items)
+            listed |= wanted & on_page
+            last = page_num >= page.total_pages and not page.next_page
+            if page_num == 1 and last:
+                found.snapshots[query.field] = Snapshot(granted_ms, on_page)
+                return listed, True
+            if listed == wanted or last:
+                return listed, listed == wanted
+        return listed, False
 
     async def _page(
         self, query: Query, page_num: int, limiter: RateLimiter

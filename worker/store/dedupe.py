@@ -110,7 +110,8 @@ async def forget(redis: RedisClient, keys: Keys, ttl_s: int, numbers: Sequence[s
         return 0
     script = register_script(redis, _FORGET)
     args: list[str | int | bytes] = [keys.seen_prefix, bucket_s(ttl_s), digests(numbers)]
-    return int(await script(keys=[], args=args))
+    # A key of the prefix routes the call to the node holding its slot (Redis Cluster).
+    return int(await script(keys=[keys.inflight], args=args))
 
 
 @dataclass(frozen=True, slots=True)

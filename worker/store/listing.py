@@ -62,6 +62,8 @@ class SharedListing:
             if raw is None:
                 continue
             head, _, body = (raw.decode() if isinstance(raw, bytes) else raw).partition("|")
+            if not head.isdigit() or (field == TOTAL and not body.isdigit()):
+                continue  # not ours to read (written by hand?): as good as absent
             if field == TOTAL:
                 total = (int(head), int(body))
             else:
