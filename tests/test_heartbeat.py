@@ -14,12 +14,16 @@ import structlog
 from redis.asyncio import Redis
 
 from tests.conftest import PYTHON, RedisServer, worker_env
-from tests.harness import ScriptedApi, make_settings, running_worker, wait_for
+from tests.harness import ScriptedApi, drained, make_settings, running_worker, wait_for
 from worker.api.client import AckResult
+from worker.commands.status import collect_status
 from worker.entries import DEFAULT_ACCOUNT
 from worker.errors import AuthError
+from worker.observe.cost import read_requests
+from worker.store.enqueue import enqueue
 from worker.store.heartbeat import Heartbeat, read_beats
 from worker.store.keys import Keys
+from worker.totals import ACKNOWLEDGE, POLL
 
 pytestmark = pytest.mark.anyio
 
@@ -167,3 +171,25 @@ async def test_a_real_worker_process_is_healthy_until_sigterm(
     assert await redis.exists(keys.heartbeat("proc-1")) == 0
     code, _, _ = await health(redis_server, prefix, ACKWORKER_CONSUMER="proc-1")
     assert code == 1
+
+
+async def test_a_workers_heartbeat_carries_its_requests_by_action(
+    redis_server: RedisServer, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    await enqueue(redis, keys, [f"{i:032x}" for i in range(1, 8)])
+    settings = make_settings(redis_server.url, prefix)
+    api = ScriptedApi()
+    async with running_worker(settings, redis, api) as worker:
+        await wait_for(lambda: drained(redis, prefix), what="backlog settled")
+        worker.totals.count_request(POLL)  # as the verifier counts a PollTaskResult page
+        await Heartbeat(redis, keys, settings.consumer, worker.vitals).beat()
+        [seen] = await read_requests(redis, keys, [settings.consumer])
+        status = await collect_status(redis, keys, {DEFAULT_ACCOUNT: settings.rate_limit})
+    assert seen == {ACKNOWLEDGE: len(api.calls), POLL: 1}
+    assert len(api.calls) >= 1
+    [shown] = status["workers"]
+    assert shown["requests_by_action"] == seen
+    assert status["requests"]["total"] == worker.totals.requests == len(api.calls) + 1
+    assert status["requests"]["confirmed"] == 7
+    assert status["requests"]["per_confirmed"] == pytest.approx((len(api.calls) + 1) / 7, 1e-3)

@@ -17,9 +17,10 @@ from tests.conftest import PYTHON, RedisServer, worker_env
 from tests.harness import ScriptedApi, drained, make_settings, running_worker, wait_for
 from worker.api.client import AckResult
 from worker.commands import common as ops
-from worker.commands.status import collect_status
+from worker.commands.status import collect_status, render_status
 from worker.entries import DEFAULT_ACCOUNT
 from worker.errors import PermanentApiError
+from worker.observe.cost import fleet_requests
 from worker.store.enqueue import enqueue
 from worker.store.heartbeat import Heartbeat
 from worker.store.keys import Keys
@@ -102,6 +103,8 @@ async def populate(redis: Redis, keys: Keys) -> list[bytes]:
         "state": "running",
         "paused": "InvalidAccessKeyId.NotFound",
         "confirmed": 7,
+        "acknowledge_requests": 9,
+        "poll_requests": 2,
     }
     await Heartbeat(redis, keys, "w-paused", lambda: paused).beat()
     return [entry_id for entry_id, _ in held[0][1]]
@@ -122,6 +125,7 @@ async def test_status_json_and_table(redis_server: RedisServer, redis: Redis, pr
         "rate_limit",
         "accounts",
         "sending_paused",
+        "requests",
         "workers",
     ]
     assert status["backlog"] == 3
@@ -152,8 +156,15 @@ async def test_status_json_and_table(redis_server: RedisServer, redis: Redis, pr
     assert status["sending_paused"] == [
         {"consumer": "w-paused", "problem": "InvalidAccessKeyId.NotFound"}
     ]
+    assert status["requests"] == {
+        "by_action": {"acknowledge": 9, "poll": 2},
+        "total": 11,
+        "confirmed": 7,
+        "per_confirmed": 1.571,  # 11 / 7
+    }
     [worker] = status["workers"]
     assert (worker["consumer"], worker["confirmed"], worker["state"]) == ("w-paused", 7, "running")
+    assert worker["requests_by_action"] == {"acknowledge": 9, "poll": 2}
 
     code, out, err = await ackworker(redis_server, prefix, "status")
     assert code == 0, err
@@ -161,6 +172,11 @@ async def test_status_json_and_table(redis_server: RedisServer, redis: Redis, pr
     assert "dead letters  6: invalid_id 2, rejected 3, retries_exhausted 1" in out
     assert "reconcile     3 record(s), shortfall 5, overcount 1" in out
     assert "paused on w-paused (InvalidAccessKeyId.NotFound)" in out
+    assert (
+        "requests      11 (acknowledge 9, poll 2) by the live workers since start; "
+        "1.571 per confirmed number"
+    ) in out
+    assert "ack reqs  poll reqs" in out
     assert "c-stalled" in out
 
 
@@ -195,6 +211,52 @@ async def test_status_shows_each_accounts_limiter(
     assert code == 0, err
     assert "rate default  backlog 0 (0 pending), limit 100.0/s, effective 100.0/s" in out
     assert "rate eu       backlog 2 (0 pending), limit 5.0/s, effective 3.5/s" in out
+
+
+async def test_status_sums_the_fleets_requests_and_says_when_nothing_was_confirmed(
+    redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    status = await collect_status(redis, keys, {DEFAULT_ACCOUNT: 10.0})
+    assert status["requests"] == {
+        "by_action": {"acknowledge": 0, "poll": 0},
+        "total": 0,
+        "confirmed": 0,
+        "per_confirmed": None,
+    }
+    # Two live workers, none has confirmed anything yet; one of an older version beats
+    # without request counts.
+    spent: dict[str, str | int] = {"confirmed": 0, "acknowledge_requests": 4, "poll_requests": 3}
+    await Heartbeat(redis, keys, "w-spent", lambda: spent).beat()
+    await Heartbeat(redis, keys, "w-older", lambda: {"confirmed": 0}).beat()
+    status = await collect_status(redis, keys, {DEFAULT_ACCOUNT: 10.0})
+    assert status["requests"] == {
+        "by_action": {"acknowledge": 4, "poll": 3},
+        "total": 7,
+        "confirmed": 0,
+        "per_confirmed": None,
+    }
+    assert [w["requests_by_action"] for w in status["workers"]] == [
+        {"acknowledge": 0, "poll": 0},
+        {"acknowledge": 4, "poll": 3},
+    ]
+    line = "requests      7 (acknowledge 4, poll 3) by the live workers since start; none "
+    assert line + "confirmed yet" in render_status(status)
+
+
+def test_requests_per_confirmed_number_keeps_four_significant_digits() -> None:
+    # At batch_size 1000 a fleet near its best sends 0.001 requests per number: rounding to
+    # a fixed number of decimals would hide a 20% overhead.
+    workers = [
+        {"confirmed": 60_000, "requests_by_action": {"acknowledge": 70, "poll": 2}},
+        {"confirmed": 40_000, "requests_by_action": {"acknowledge": 48}},
+    ]
+    assert fleet_requests(workers) == {
+        "by_action": {"acknowledge": 118, "poll": 2},
+        "total": 120,
+        "confirmed": 100_000,
+        "per_confirmed": 0.0012,
+    }
 
 
 async def test_status_says_when_a_count_was_capped(

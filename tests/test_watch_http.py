@@ -40,7 +40,7 @@ from worker.pipeline.runner import Worker
 from worker.pipeline.sendgate import SendGate
 from worker.store.enqueue import enqueue
 from worker.store.keys import Keys
-from worker.totals import Totals
+from worker.totals import ACKNOWLEDGE, POLL, Totals
 
 pytestmark = pytest.mark.anyio
 
@@ -170,7 +170,11 @@ async def test_metrics_count_what_the_run_did(
     assert value(samples, "ackworker_retries_total", code="Throttling.User") == 1
     assert value(samples, "ackworker_fleet_pauses_total") == 1
     assert value(samples, "ackworker_batches_total") == t.batches
-    assert value(samples, "ackworker_requests_total") == t.requests == len(api.calls)
+    acknowledged = value(
+        samples, "ackworker_requests_total", action="acknowledge", account="default"
+    )
+    assert acknowledged == t.requests == len(api.calls)
+    assert value(samples, "ackworker_requests_total", action="poll", account="default") == 0
     assert value(samples, "ackworker_request_duration_seconds_count") == len(api.calls)
     assert value(samples, "ackworker_request_duration_seconds_bucket", le="+Inf") == len(api.calls)
     assert value(samples, "ackworker_request_duration_seconds_sum") >= 0
@@ -240,6 +244,29 @@ def _view(redis: Redis, prefix: str) -> WorkerView:
     return WorkerView(
         redis, keys, Totals(), Holdings(), {DEFAULT_ACCOUNT: gate}, anyio.Event(), 10.0
     )
+
+
+async def test_requests_are_exposed_by_action_for_every_account(redis: Redis, prefix: str) -> None:
+    view = _view(redis, prefix)
+    gate = view.gates[DEFAULT_ACCOUNT]
+    view.gates = {DEFAULT_ACCOUNT: gate, "eu": gate, "us": gate}  # us sends nothing
+    for _ in range(3):
+        view.totals.count_request(ACKNOWLEDGE)
+    view.totals.count_request(POLL, "eu")
+    async with serving(view) as port:
+        samples = await scrape(port)
+    requests = {
+        pairs: v for (name, pairs), v in samples.items() if name == "ackworker_requests_total"
+    }
+    # Every action of every account, 0 when none was sent: no series appears out of nothing.
+    assert requests == {
+        (("account", "default"), ("action", "acknowledge")): 3,
+        (("account", "default"), ("action", "poll")): 0,
+        (("account", "eu"), ("action", "acknowledge")): 0,
+        (("account", "eu"), ("action", "poll")): 1,
+        (("account", "us"), ("action", "acknowledge")): 0,
+        (("account", "us"), ("action", "poll")): 0,
+    }
 
 
 async def test_readyz_is_503_when_redis_is_unreachable(prefix: str) -> None:

@@ -24,7 +24,7 @@ from worker.observe.view import WorkerView
 from worker.pipeline.sendgate import SendGate
 from worker.store.enqueue import enqueue
 from worker.store.keys import Keys
-from worker.totals import LatencyHistogram, Totals
+from worker.totals import ACKNOWLEDGE, POLL, LatencyHistogram, Totals
 
 pytestmark = pytest.mark.anyio
 
@@ -39,6 +39,7 @@ STATS_FIELDS = {
     "dead",
     "shortfall",
     "requests",
+    "requests_by_action",
     "retries",
     "fleet_pauses",
     "rate_wait_s",
@@ -139,6 +140,8 @@ async def test_a_running_worker_logs_stats_that_add_up(
     assert all(set(e) == STATS_FIELDS | COMMON_FIELDS for e in upto)
     assert sum(e["settled"] for e in upto) == len(IDS) == worker.totals.settled
     assert sum(e["requests"] for e in upto) == worker.totals.requests
+    acknowledged = sum(e["requests_by_action"][ACKNOWLEDGE] for e in upto)
+    assert acknowledged == worker.totals.requests_by_action()[ACKNOWLEDGE] > 0
     assert last["level"] == "info"
     assert last["component"] == "stats"
     assert last["sending"] == "open"
@@ -210,3 +213,39 @@ def test_latency_buckets_follow_prometheus_le() -> None:
     assert buckets["30.0"] == 3
     assert buckets["+Inf"] == 4
     assert hist.sum_s == pytest.approx(99.321)
+
+
+def test_requests_are_counted_by_action_and_account() -> None:
+    totals = Totals()
+    assert totals.requests_by_action() == {ACKNOWLEDGE: 0, POLL: 0}  # both, even when none
+    totals.count_request(ACKNOWLEDGE)
+    totals.count_request(ACKNOWLEDGE, "eu")
+    totals.count_request(POLL, "eu")
+    assert totals.requests == 3
+    assert totals.requests_by == {
+        (ACKNOWLEDGE, DEFAULT_ACCOUNT): 1,
+        (ACKNOWLEDGE, "eu"): 1,
+        (POLL, "eu"): 1,
+    }
+    assert totals.requests_by_action() == {ACKNOWLEDGE: 2, POLL: 1}
+    stopped = totals.as_dict()  # the fields of worker.stopped
+    assert stopped["requests"] == 3
+    assert stopped["requests_by_action"] == {"acknowledge": 2, "poll": 1}
+
+
+async def test_stats_split_each_intervals_requests_by_action(redis: Redis, prefix: str) -> None:
+    totals = Totals()
+    with SteppingClock() as clock, structlog.testing.capture_logs() as logs:
+        reporter = StatsReporter(_view(redis, prefix, totals), 30.0, clock)
+        totals.count_request(ACKNOWLEDGE)
+        totals.count_request(ACKNOWLEDGE, "eu")
+        totals.count_request(POLL)
+        first = await reporter.report()
+        totals.count_request(POLL, "eu")
+        second = await reporter.report()
+        third = await reporter.report()
+    assert (first["requests"], first["requests_by_action"]) == (3, {"acknowledge": 2, "poll": 1})
+    assert (second["requests"], second["requests_by_action"]) == (1, {"acknowledge": 0, "poll": 1})
+    assert (third["requests"], third["requests_by_action"]) == (0, {"acknowledge": 0, "poll": 0})
+    logged = [e["requests_by_action"] for e in logs if e["event"] == "worker.stats"]
+    assert logged == [e["requests_by_action"] for e in (first, second, third)]

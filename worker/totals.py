@@ -23,6 +23,9 @@ ACKNOWLEDGE = "acknowledge"
 """``action`` of an ``AcknowledgeTaskResult`` request in :attr:`Totals.requests_by`."""
 POLL = "poll"
 """``action`` of a ``PollTaskResult`` request (verification) in :attr:`Totals.requests_by`."""
+ACTIONS = (ACKNOWLEDGE, POLL)
+"""Every ``action``: what is reported shows each of them, 0 when none was sent, so a reader
+never has to tell a missing count from a zero."""
 
 
 @dataclass(slots=True)
@@ -90,6 +93,14 @@ class Totals:
         self.requests += 1
         self.requests_by[action, account] += 1
 
+    def requests_by_action(self) -> dict[str, int]:
+        """API requests sent since start by ``action``, every account together; every action
+        of :data:`ACTIONS` present."""
+        counts = dict.fromkeys(ACTIONS, 0)
+        for (action, _account), count in self.requests_by.items():
+            counts[action] = counts.get(action, 0) + count
+        return counts
+
     @property
     def effective_rate(self) -> float:
         """The default account's rate as its limiter last answered (requests/s)."""
@@ -105,6 +116,7 @@ class Totals:
         return {
             "batches": self.batches,
             "requests": self.requests,
+            "requests_by_action": self.requests_by_action(),
             "confirmed": self.confirmed,
             "duplicates": self.duplicates,
             "shortfall": self.shortfall,

@@ -5,8 +5,10 @@ CONSUMERS``), the dead letters by reason and the reconcile records with their sh
 (tallied inside Redis, page by page, at most :data:`~worker.commands.common.SCAN_CAP`
 entries each), the shared rate limit read from ``<prefix>:limiter`` against Redis's clock,
 and the live workers from their heartbeats, which also say whether a worker has stopped
-sending because the API refused its credentials or clock. :func:`collect_status` returns the
-stable JSON form that ``--json`` prints; the table is rendered from it.
+sending because the API refused its credentials or clock, and how many API requests of each
+action it has sent: summed, they give the fleet's requests per confirmed number.
+:func:`collect_status` returns the stable JSON form that ``--json`` prints; the table is
+rendered from it.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from worker.commands.common import (
 )
 from worker.config.settings import Settings
 from worker.entries import DEFAULT_ACCOUNT
+from worker.observe.cost import fleet_requests, read_requests
 from worker.store.connection import RedisClient, redis_now_ms
 from worker.store.heartbeat import read_beats
 from worker.store.keys import Keys
+from worker.totals import ACKNOWLEDGE, POLL
 
 
 async def collect_status(
@@ -45,7 +49,7 @@ async def collect_status(
             section["backlog"] = int(await redis.xlen(keys.account_stream(name)))
             section["pending"] = (await _pending(redis, keys.for_account(name)))[0]["count"]
     pending, consumers = await _pending(redis, keys)
-    workers = [b.as_json() for b in await read_beats(redis, keys)]
+    workers = await _workers(redis, keys)
     return {
         "key_prefix": keys.prefix,
         "backlog": int(await redis.xlen(keys.tasks)),
@@ -58,8 +62,19 @@ async def collect_status(
         "sending_paused": [
             {"consumer": w["consumer"], "problem": w["paused"]} for w in workers if w["paused"]
         ],
+        "requests": fleet_requests(workers),
         "workers": workers,
     }
+
+
+async def _workers(redis: RedisClient, keys: Keys) -> list[dict[str, Any]]:
+    """Each live heartbeat's JSON form, with the worker's requests since start by action."""
+    beats = await read_beats(redis, keys)
+    requests = await read_requests(redis, keys, [b.consumer for b in beats])
+    return [
+        {**b.as_json(), "requests_by_action": by_action}
+        for b, by_action in zip(beats, requests, strict=True)
+    ]
 
 
 async def _pending(redis: RedisClient, keys: Keys) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -170,8 +185,16 @@ def _overview(s: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         *_rate_lines(s["accounts"]),
         ("sending", f"paused on {paused}" if paused else "not paused by any live worker"),
+        ("requests", _requests_line(s["requests"])),
         ("workers", f"{len(s['workers'])} live"),
     ]
+
+
+def _requests_line(r: dict[str, Any]) -> str:
+    """Requests and what each confirmed number cost, since the live workers started."""
+    per = r["per_confirmed"]
+    cost = "none confirmed yet" if per is None else f"{per} per confirmed number"
+    return f"{r['total']} ({_counts(r['by_action'])}) by the live workers since start; {cost}"
 
 
 def _rate_lines(accounts: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
@@ -213,7 +236,8 @@ def render_status(s: dict[str, Any]) -> str:
         ]
         parts.append("consumers\n" + render_table(("name", "pending", "idle"), consumers))
     if s["workers"]:
-        headers = ("consumer", "host", "pid", "state", "beat", "paused", "confirmed", "dead")
+        columns = ("consumer", "host", "pid", "state", "beat", "paused", "confirmed", "dead")
+        headers = (*columns, "ack reqs", "poll reqs")
         workers = [_worker_row(w) for w in s["workers"]]
         parts.append("workers\n" + render_table(headers, workers))
     return "\n\n".join(parts)
@@ -222,7 +246,9 @@ def render_status(s: dict[str, Any]) -> str:
 def _worker_row(w: dict[str, Any]) -> tuple[object, ...]:
     beat = f"{w['age_s']:.1f}s ago"
     paused = w["paused"] or "-"
-    return (w["consumer"], w["host"], w["pid"], w["state"], beat, paused, w["confirmed"], w["dead"])
+    requests = w["requests_by_action"]
+    row = (w["consumer"], w["host"], w["pid"], w["state"], beat, paused, w["confirmed"], w["dead"])
+    return (*row, requests[ACKNOWLEDGE], requests[POLL])
 
 
 def status_command(settings: Settings, *, as_json: bool) -> int:

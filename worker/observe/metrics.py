@@ -18,6 +18,7 @@ from prometheus_client.metrics_core import Metric
 
 from worker.observe.view import StreamSample, WorkerView
 from worker.store.outage import PROBLEM as OUTAGE
+from worker.totals import ACTIONS
 
 # The classic text format that generate_latest writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -67,12 +68,10 @@ class WorkerCollector:
 
     def _requests(self) -> Iterator[Metric]:
         t = self._view.totals
-        yield CounterMetricFamily(
-            "ackworker_requests", "AcknowledgeTaskResult requests sent.", value=t.requests
-        )
+        yield self._requests_by()
         yield HistogramMetricFamily(
             "ackworker_request_duration_seconds",
-            "Seconds from sending a request to its answer or error.",
+            "Seconds from sending an AcknowledgeTaskResult request to its answer or error.",
             buckets=t.latency.cumulative(),
             sum_value=t.latency.sum_s,
         )
@@ -85,6 +84,23 @@ class WorkerCollector:
         yield GaugeMetricFamily(
             "ackworker_requests_in_flight", "Requests awaiting an answer.", value=t.in_flight
         )
+
+    def _requests_by(self) -> Metric:
+        """Every action of every configured account, 0 when none was sent, so a series never
+        appears out of nothing (``rate()`` and ``increase()`` would miss its first count)."""
+        t = self._view.totals
+        requests = CounterMetricFamily(
+            "ackworker_requests",
+            "API requests sent (attempts), by action (acknowledge: AcknowledgeTaskResult, "
+            "poll: PollTaskResult to verify a shortfall) and account.",
+            labels=["action", "account"],
+        )
+        accounts = set(self._view.gates) | {account for _, account in t.requests_by}
+        actions = set(ACTIONS) | {action for action, _ in t.requests_by}
+        for account in sorted(accounts):
+            for action in sorted(actions):
+                requests.add_metric([action, account], t.requests_by[action, account])
+        return requests
 
     def _limiter(self) -> Iterator[Metric]:
         t, view = self._view.totals, self._view

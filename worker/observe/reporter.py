@@ -9,6 +9,7 @@ event is still logged and the loop goes on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ class _Mark:
     dead: int
     shortfall: int
     requests: int
+    requests_by_action: dict[str, int]
     retries: int
     fleet_pauses: int
     rate_wait_s: float
@@ -43,10 +45,16 @@ class _Mark:
             dead=sum(totals.dead.values()),
             shortfall=totals.shortfall,
             requests=totals.requests,
+            requests_by_action=totals.requests_by_action(),
             retries=sum(totals.retries.values()),
             fleet_pauses=totals.fleet_pauses,
             rate_wait_s=totals.rate_wait_s,
         )
+
+
+def _change(old: Mapping[str, int], new: Mapping[str, int]) -> dict[str, int]:
+    """``new`` minus ``old``, key by key, with the keys of ``new``."""
+    return {key: count - old.get(key, 0) for key, count in new.items()}
 
 
 class StatsReporter:
@@ -91,6 +99,7 @@ class StatsReporter:
             "dead": new.dead - old.dead,
             "shortfall": new.shortfall - old.shortfall,
             "requests": new.requests - old.requests,
+            "requests_by_action": _change(old.requests_by_action, new.requests_by_action),
             "retries": new.retries - old.retries,
             "fleet_pauses": new.fleet_pauses - old.fleet_pauses,
             "rate_wait_s": round(new.rate_wait_s - old.rate_wait_s, 3),

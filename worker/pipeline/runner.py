@@ -25,6 +25,7 @@ from worker.entries import Batch
 from worker.errors import ConfigError, clip, describe
 from worker.lifecycle import TwoPhaseStop
 from worker.logs import get_logger
+from worker.observe.cost import request_vitals
 from worker.observe.launch import start_watching
 from worker.observe.view import Gate, Gates, WorkerView, paused_accounts
 from worker.pipeline.intake import Intake, IntakeConfig
@@ -107,6 +108,8 @@ class Worker:
             "duplicates": self.totals.duplicates,
             "dead": sum(self.totals.dead.values()),
             "held": self.held,
+            # What requests cost: ackworker status sums these over the fleet.
+            **request_vitals(self.totals),
         }
 
     def request_stop(self) -> None:
