@@ -190,6 +190,13 @@ class _Cluster(RedisCluster):
             return await super().execute_command(*args, **kwargs)
         except (ClusterDownError, TryAgainError, SlotNotCoveredError) as exc:
             raise ClusterUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+        except (AttributeError, TypeError) as exc:
+            # redis-py issue 4287: writing on a connection its node closed (a node restarting)
+            # can leak the transport's torn-down internals ('NoneType' object has no
+            # attribute 'writelines') instead of ConnectionError. It is a lost connection.
+            if "NoneType" not in str(exc):
+                raise
+            raise ClusterUnavailableError(f"connection lost: {exc}") from exc
 
 
 def _cluster(target: RedisTarget) -> RedisCluster:
