@@ -519,3 +519,28 @@ async def test_a_number_without_task_or_domain_does_not_sink_the_others(
     assert (found["tasked"].not_listed, found["tasked"].listed) == (tasked[:1], tasked[1:])
     assert (found["taskless"].listed, found["taskless"].unknown) == (taskless, [f"{5:032x}"])
     assert polls(api) == 1 + 1 + 3  # the probe, the task's page, the listing's three
+
+
+async def test_more_tasks_than_a_round_may_read_go_oldest_first_and_none_is_left_unplaced(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    api.state.seed_random(2500)  # the listing is three pages: filtered queries it is
+    tasks = [api.state.seed_random(2, task_no=f"T-{t}") for t in range(5)]
+    tight = HubConfig(linger_s=0.5, max_wait_s=10.0, max_numbers=1000, max_pages=2)
+    order: list[str] = []
+
+    async def body(rig: Rig) -> None:
+        for t, numbers in enumerate(tasks):
+            rig.submit(batch_of(f"b{t}", numbers, f"T-{t}"))
+        await rig.asleep()
+        rig.clock.advance(tight.linger_s)
+        await rig.until("the size is learnt", lambda: rig.hub.listing_pages() == 3)
+        await rig.asleep()
+        rig.clock.advance(tight.max_wait_s)
+        await rig.until("every check", lambda: len(rig.checks) == 5)
+        order.extend(rig.checks)
+        assert all(c.listed and not c.unknown for c in rig.checks.values())
+
+    await with_hub(redis, prefix, client, body, config=tight)
+    assert order == ["b0", "b1", "b2", "b3", "b4"]
+    assert polls(api) == 1 + 5  # the probe, then a page per task, two tasks per round

@@ -93,7 +93,7 @@ class Settings:
     verify_max_pages: int = 20
     verify_linger_ms: int = 500
     verify_max_wait_ms: int = 10_000
-    verify_max_numbers: int = 10_000
+    verify_max_numbers: int = 20_000
     credentials: CredentialSource
     # The [accounts.<name>] tables: accounts besides the default one (the top-level settings).
     named_accounts: Mapping[str, Account] = field(default_factory=dict, compare=False, hash=False)

@@ -71,7 +71,7 @@ class HubConfig:
 
     linger_s: float = 0.5
     max_wait_s: float = 10.0
-    max_numbers: int = 10_000
+    max_numbers: int = 20_000
     max_pages: int = 20
     batch_size: int = 100
 
@@ -210,10 +210,10 @@ class VerifyHub:
 
     # --- what --------------------------------------------------------------------------
 
-    def _groups(self, gathered: int | None = None) -> dict[str, list[Entry]]:
-        # Numbers of the first ``gathered`` shortfalls (all); a number may be in two batches.
+    def _groups(self, waiters: list[Waiter] | None = None) -> dict[str, list[Entry]]:
+        # Numbers of ``waiters`` (every one gathered); a number may be in two batches.
         merged: dict[str, list[Entry]] = {}
-        for waiter in self._waiting[:gathered]:
+        for waiter in self._waiting if waiters is None else waiters:
             for number, entries in waiter.groups.items():
                 merged.setdefault(number, []).extend(entries)
         return merged
@@ -226,12 +226,12 @@ class VerifyHub:
         left = max(0, e.total - (self._confirmed - e.confirmed_at))
         return max(1, -(-left // self._verifier.page_size))
 
-    def plan(self, gathered: int | None = None) -> Plan:
-        """The cheaper way to check the first ``gathered`` shortfalls (all by default; see
-        the module docstring). Only a one-page reading proves a number is not listed, so
+    def plan(self, waiters: list[Waiter] | None = None) -> Plan:
+        """The cheaper way to check ``waiters`` (every one gathered by default; see the
+        module docstring). Only a one-page reading proves a number is not listed, so
         the whole listing is worth reading only when it fits on one page; numbers with
         neither task nor domain cannot be proven until it does."""
-        groups = self._groups(gathered)
+        groups = self._groups(waiters)
         filtered = plan(groups)
         pages = self.listing_pages()
         scan = Plan([Query(tuple(groups))], pages)
@@ -250,13 +250,13 @@ class VerifyHub:
     async def _round(self, must: bool) -> None:
         # Only the shortfalls gathered before a read began are served by it: an answer that
         # came in while the listing was being read may postdate the page that should list it.
-        gathered = len(self._waiting)
+        waiters = list(self._waiting)
         if self._clock.monotonic() < self._off_until:
-            self._serve(Findings(error=self._off_error), gathered)
+            self._serve(Findings(error=self._off_error), waiters)
             return
-        fleet = await self._from_fleet(gathered)
-        chosen = self.plan(gathered)
-        queries = [q for q in chosen.queries if q.field not in fleet]
+        fleet = await self._from_fleet(waiters)
+        chosen = self.plan(waiters)
+        queries = _unread(chosen, fleet)
         if queries and not must and chosen.cost is not None and chosen.cost > 1:
             return  # the fleet told the listing's size: not cheap yet, go on gathering
         if chosen.cost is None and queries:
@@ -264,12 +264,18 @@ class VerifyHub:
             # proof when the listing fits on it.
             found = await self._read(queries, 1, fleet)
             if found.error is not None or _covers(found, chosen.queries):
-                self._serve(found, gathered)
+                self._serve(found, waiters)
                 return
             if not must:
                 return  # go on gathering, now knowing what the listing costs
-            queries = [q for q in self.plan(gathered).queries if q.field not in fleet]
-        self._serve(await self._read(queries, self._config.max_pages, fleet), gathered)
+            chosen = self.plan(waiters)
+            queries = _unread(chosen, fleet)
+        budget = self._config.max_pages
+        if len(queries) > budget and not chosen.is_scan:
+            # More tasks than a round may read: the oldest shortfalls now, the rest next.
+            waiters = _oldest_within(waiters, fleet, budget)
+            queries = _unread(self.plan(waiters), fleet)
+        self._serve(await self._read(queries, budget, fleet), waiters)
 
     async def _read(
         self, queries: list[Query], pages: int, fleet: dict[str, tuple[Query, Snapshot]]
@@ -281,13 +287,13 @@ class VerifyHub:
         await self._share(found)
         return found
 
-    async def _from_fleet(self, gathered: int) -> dict[str, tuple[Query, Snapshot]]:
+    async def _from_fleet(self, waiters: list[Waiter]) -> dict[str, tuple[Query, Snapshot]]:
         """The planned queries another replica (or this one) read whole after every answer
         they are about; the shared total, when fresher, becomes the estimate."""
         if self._shared is None:
             return {}
-        queries = {q.field: q for q in plan(self._groups(gathered))}
-        queries["*"] = Query(tuple(self._groups(gathered)))
+        queries = {q.field: q for q in plan(self._groups(waiters))}
+        queries["*"] = Query(tuple(self._groups(waiters)))
         # Taken before Redis's clock is read, so each answer's time on it comes out late,
         # never early: a reading counts only if it surely came after the answer.
         mono = self._clock.monotonic()
@@ -298,20 +304,18 @@ class VerifyHub:
             return {}  # sharing only saves polls; a round reads for itself without it
         if total is not None:
             self._adopt(total, mono - (now_ms - total[0]) / 1000.0)
-        answered = self._answered_ms(gathered, now_ms, mono)
+        answered = self._answered_ms(waiters, now_ms, mono)
         return {
             field: (queries[field], snap)
             for field, snap in snapshots.items()
             if all(snap.sent_ms >= answered[n] + MARGIN_MS for n in queries[field].numbers)
         }
 
-    def _answered_ms(self, gathered: int, now_ms: int, mono: float) -> dict[str, int]:
+    def _answered_ms(self, waiters: list[Waiter], now_ms: int, mono: float) -> dict[str, int]:
         """Each gathered number's answer time on Redis's clock (at the latest: when its
         batch came here)."""
         return {
-            number: now_ms - int((mono - w.since) * 1000.0)
-            for w in self._waiting[:gathered]
-            for number in w.groups
+            number: now_ms - int((mono - w.since) * 1000.0) for w in waiters for number in w.groups
         }
 
     def _adopt(self, total: tuple[int, int], at: float) -> None:
@@ -334,8 +338,9 @@ class VerifyHub:
             self._off_error = f"verification unavailable: {found.error}"
             log.warning("reconcile.verify_off", error=found.error, off_s=self._config.max_wait_s)
 
-    def _serve(self, found: Findings, gathered: int) -> None:
-        served, self._waiting = self._waiting[:gathered], self._waiting[gathered:]
+    def _serve(self, found: Findings, served: list[Waiter]) -> None:
+        done = {id(w) for w in served}
+        self._waiting = [w for w in self._waiting if id(w) not in done]
         self._gathered = sum(len(w.groups) for w in self._waiting)
         resend = []
         for waiter in served:
@@ -354,6 +359,26 @@ class VerifyHub:
         finally:
             for waiter in waiters:
                 waiter.done.set()
+
+
+def _unread(chosen: Plan, fleet: dict[str, tuple[Query, Snapshot]]) -> list[Query]:
+    """The queries of ``chosen`` that no fleet reading answers already."""
+    return [q for q in chosen.queries if q.field not in fleet]
+
+
+def _oldest_within(
+    waiters: list[Waiter], fleet: dict[str, tuple[Query, Snapshot]], budget: int
+) -> list[Waiter]:
+    """The oldest ``waiters`` whose filtered queries, together, fit in ``budget`` pages."""
+    chosen: list[Waiter] = []
+    fields: set[str] = set()
+    for waiter in waiters:
+        need = {q.field for q in plan(waiter.groups)} - fleet.keys()
+        if chosen and len(fields | need) > budget:
+            break
+        chosen.append(waiter)
+        fields |= need
+    return chosen
 
 
 def _covers(found: Findings, queries: Sequence[Query]) -> bool:
