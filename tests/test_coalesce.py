@@ -59,8 +59,11 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now_s += seconds
-        for due, event in list(self._sleepers):
+        for entry in list(self._sleepers):
+            due, event = entry
             if due <= self.now_s:
+                # Gone at once, so a later wait for a sleeper waits for a new one.
+                self._sleepers.remove(entry)
                 event.set()
 
 
@@ -96,9 +99,11 @@ class Rig:
         self.checks: dict[str, Check] = {}
         self.answers: dict[str, Answer] = {}
 
-    def submit(self, batch: Batch, send: Send | None = None) -> None:
+    def submit(self, batch: Batch, send: Send | None = None, *, shield: bool = False) -> None:
         async def ask() -> None:
-            answer = await self.hub.check(batch, send)
+            # Shielded, the answer is kept even when the hub fails and the group is cancelled.
+            with anyio.CancelScope(shield=shield):
+                answer = await self.hub.check(batch, send)
             self.checks[batch.batch_id] = answer.check
             self.answers[batch.batch_id] = answer
 
@@ -425,7 +430,9 @@ async def test_replicas_share_what_they_read_and_only_what_postdates_the_answers
         )
         a_clock.advance(CONFIG.linger_s)
         await wait_for(lambda: holds(lambda: "a" in got), what="replica a's check")
-        b_clock.advance(CONFIG.linger_s)
+        # Seconds on b's clock: its answer then reads as that old, so however slow this
+        # machine is, a's reading (just taken) came after it.
+        b_clock.advance(5.0)
         await wait_for(lambda: holds(lambda: "b" in got), what="replica b's check")
         assert polls(api) == 1  # b used a's reading of T-1
         # An answer that came after a's reading cannot be proven by it: asked for again.
@@ -544,3 +551,56 @@ async def test_more_tasks_than_a_round_may_read_go_oldest_first_and_none_is_left
     await with_hub(redis, prefix, client, body, config=tight)
     assert order == ["b0", "b1", "b2", "b3", "b4"]
     assert polls(api) == 1 + 5  # the probe, then a page per task, two tasks per round
+
+
+async def test_a_batch_with_more_tasks_than_pages_is_served_and_the_next_waits_its_turn(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    api.state.seed_random(2500)  # three pages: filtered queries it is
+    wide = [api.state.seed_random(1, task_no=f"T-{t}")[0] for t in range(3)]
+    narrow = api.state.seed_random(1, task_no="T-9")
+    tight = HubConfig(linger_s=0.5, max_wait_s=10.0, max_numbers=1000, max_pages=2)
+    found: dict[str, Check] = {}
+
+    async def body(rig: Rig) -> None:
+        wide_batch = Batch("wide")
+        for t, number in enumerate(wide):
+            wide_batch.add(Entry(f"w-{t}".encode(), number, f"T-{t}"))
+        rig.submit(wide_batch)
+        rig.submit(batch_of("narrow", narrow, "T-9"))
+        await rig.asleep()
+        rig.clock.advance(tight.linger_s)
+        await rig.until("the size is learnt", lambda: rig.hub.listing_pages() == 3)
+        await rig.asleep()
+        rig.clock.advance(tight.max_wait_s)
+        await rig.until("both checks", lambda: len(rig.checks) == 2)
+        found.update(rig.checks)
+
+    await with_hub(redis, prefix, client, body, config=tight)
+    # Two pages for the oldest batch's three tasks: the third stays unplaced, but the round
+    # serves it; the other batch's task got no page then, so it went in the next round.
+    assert (found["wide"].listed, found["wide"].unknown) == (wide[:2], wide[2:])
+    assert (found["narrow"].listed, found["narrow"].unknown) == (narrow, [])
+    assert polls(api) == 1 + 2 + 1
+
+
+async def test_a_re_send_cut_short_leaves_its_numbers_unplaced_not_dead(
+    redis: Redis, prefix: str, api: MockApi, client: DomainClient
+) -> None:
+    numbers = api.state.seed_random(2, task_no="T-1")
+
+    async def breaks(batch: Batch, report: BatchReport) -> AckResult:
+        raise RuntimeError("something nobody foresaw")
+
+    rigs: list[Rig] = []
+
+    async def body(rig: Rig) -> None:
+        rigs.append(rig)
+        rig.submit(batch_of("b", numbers, "T-1"), breaks, shield=True)
+        await rig.asleep()
+        rig.clock.advance(CONFIG.linger_s)
+        await rig.until("the answer", lambda: "b" in rig.answers)
+
+    with pytest.raises(BaseExceptionGroup):  # the hub's own failure still surfaces
+        await with_hub(redis, prefix, client, body)
+    assert rigs[0].answers["b"].resent is Resent.LOST

@@ -218,8 +218,10 @@ class Holdings:
     def park(self, entries: list[Entry]) -> None:
         """Held entries that wait for their batch's verification: they take no room, up to
         ``park_limit`` of them; beyond it they do, so the intake slows down."""
-        room = len(entries) if self._park_limit is None else self._park_limit - len(self._parked)
-        self._parked.update(e.entry_id for e in entries[: max(0, room)] if e.entry_id in self._held)
+        ids = [e.entry_id for e in entries if e.entry_id in self._held]
+        ids = [i for i in ids if i not in self._parked]
+        room = len(ids) if self._park_limit is None else self._park_limit - len(self._parked)
+        self._parked.update(ids[: max(0, room)])
         self._wake()
 
     def is_parked(self, entry: Entry) -> bool:

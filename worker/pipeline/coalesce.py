@@ -40,7 +40,6 @@ shortfalls meanwhile are recorded unverified, without waiting.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,10 +48,10 @@ from anyio.abc import TaskGroup
 
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.entries import Batch, Entry
+from worker.errors import describe
 from worker.logs import get_logger
-from worker.pipeline.resend import Answer, Resender, Send, Waiter
+from worker.pipeline.resend import Answer, Resender, Resent, Send, Waiter
 from worker.pipeline.verify import Check, Findings, Query, Verifier, plan
-from worker.store.connection import REDIS_ERRORS
 from worker.store.limiter import RateLimiter
 from worker.store.listing import MARGIN_MS, SharedListing, Snapshot
 
@@ -300,8 +299,11 @@ class VerifyHub:
         try:
             now_ms = await self._shared.now_ms()
             snapshots, total = await self._shared.read(queries)
-        except REDIS_ERRORS:
-            return {}  # sharing only saves polls; a round reads for itself without it
+        except Exception as exc:  # sharing only saves polls
+            # A round reads for itself without it; whatever failed must not stop the hub
+            # (redis-py can leak non-Redis errors from a connection a node closed).
+            log.warning("verify.share_failed", step="read", error=describe(exc))
+            return {}
         if total is not None:
             self._adopt(total, mono - (now_ms - total[0]) / 1000.0)
         answered = self._answered_ms(waiters, now_ms, mono)
@@ -327,8 +329,10 @@ class VerifyHub:
         if self._shared is None or not (found.snapshots or found.total is not None):
             return
         total = None if found.total is None else (found.total_ms, found.total)
-        with contextlib.suppress(*REDIS_ERRORS):  # the next round reads for itself
+        try:
             await self._shared.write(found.snapshots, total)
+        except Exception as exc:  # as in _from_fleet: the next round reads for itself
+            log.warning("verify.share_failed", step="write", error=describe(exc))
 
     def _learn(self, found: Findings) -> None:
         if found.total is not None:
@@ -339,6 +343,11 @@ class VerifyHub:
             log.warning("reconcile.verify_off", error=found.error, off_s=self._config.max_wait_s)
 
     def _serve(self, found: Findings, served: list[Waiter]) -> None:
+        if found.error is None and found.unread and served:
+            # Their queries got no page this round: they wait for the next, not unplaced;
+            # but the oldest is served whatever it got, so every round makes progress.
+            oldest, rest = served[0], served[1:]
+            served = [oldest, *(w for w in rest if found.unread.isdisjoint(w.groups))]
         done = {id(w) for w in served}
         self._waiting = [w for w in self._waiting if id(w) not in done]
         self._gathered = sum(len(w.groups) for w in self._waiting)
@@ -358,6 +367,11 @@ class VerifyHub:
             await self._resender.send(waiters)
         finally:
             for waiter in waiters:
+                assert waiter.answer is not None
+                if waiter.answer.resent is Resent.NOT_SENT:
+                    # Cut short (cancelled, or an error no one foresaw): whether its request
+                    # went out is unknown, so its numbers are unplaced, never dead-lettered.
+                    waiter.answer.resent = Resent.LOST
                 waiter.done.set()
 
 

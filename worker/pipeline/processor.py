@@ -85,28 +85,21 @@ class Processor:
         A Redis failure is raised (the runner logs ``batch.abandoned``) after this process
         forgets the entries it was still responsible for: they stay pending and are claimed
         later. Entries handed to a recheck are not among them: the recheck still works on
-        them, and the lease renewer must go on keeping them ours; nor are a short batch's
-        parked entries, which its verification task still works on.
+        them, and the lease renewer must go on keeping them ours; nor are a short batch's,
+        which its verification task still works on (both are in ``report.handed``).
         """
-        deferred: list[str] = []
-        try:
-            await self._process(batch, deferred)
-        except REDIS_ERRORS:
-            handed = set(deferred)
-            parked = self._d.holdings.is_parked
-            mine = [
-                e
-                for n, group in batch.groups.items()
-                if n not in handed
-                for e in group
-                if not parked(e)
-            ]
-            self._d.holdings.discard(mine)
-            raise
-
-    async def _process(self, batch: Batch, deferred: list[str]) -> None:
         d = self._d
         report = BatchReport(batch.batch_id, batch.size, d.clock.monotonic(), batch.account)
+        try:
+            await self._process(batch, report)
+        except REDIS_ERRORS:
+            handed = set(report.handed)
+            mine = [e for n, group in batch.groups.items() if n not in handed for e in group]
+            d.holdings.discard(mine)
+            raise
+
+    async def _process(self, batch: Batch, report: BatchReport) -> None:
+        d = self._d
         statuses = await d.dedupe.reserve(batch.numbers, batch.digests(), batch.batch_id)
         by_status: dict[Reservation, list[str]] = {r: [] for r in Reservation}
         for number, status in zip(batch.numbers, statuses, strict=True):
@@ -115,7 +108,7 @@ class Processor:
             await self._settle_duplicates(batch.subset(by_status[Reservation.CONFIRMED]), report)
         if by_status[Reservation.BUSY]:
             # Another request carries these numbers right now; decide once it has settled.
-            deferred += by_status[Reservation.BUSY]
+            report.handed += by_status[Reservation.BUSY]
             self._defer(batch, by_status[Reservation.BUSY], report)
         if by_status[Reservation.GO]:
             go = batch.subset(by_status[Reservation.GO])
@@ -202,6 +195,7 @@ class Processor:
             await self._settle_case(case, report)
             return
         d.holdings.park(case.batch.entries())
+        report.handed += case.batch.numbers
         report.parts += 1
         d.spawn(lambda _: self._verify(case, report), case.batch)
 

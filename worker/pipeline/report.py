@@ -26,6 +26,9 @@ class BatchReport:
     # Parts of the batch still being worked on: the sender's, and a shortfall's verification,
     # which goes on in a task of its own. The last part to finish logs the batch.
     parts: int = 1
+    # Numbers handed to a task of their own (a recheck of busy ones, a shortfall's
+    # verification): on a Redis failure, the sender's part must not forget their entries.
+    handed: list[str] = field(default_factory=list)
 
     def part_done(self) -> bool:
         """One part finished; True when it was the last."""

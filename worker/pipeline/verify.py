@@ -100,8 +100,8 @@ class Findings:
     """What one round of queries read: numbers ``listed``, numbers ``proven`` not listed
     (their query was read whole), the ``pages`` read, the ``error`` that ended the round
     early, ``total``, the whole listing's ``TotalItemNum`` when the round read it (with
-    ``total_ms``, Redis's clock then), and ``snapshots``: each query read whole on one page,
-    to share with the fleet."""
+    ``total_ms``, Redis's clock then), ``snapshots``: each query read whole on one page, to
+    share with the fleet, and ``unread``: numbers of queries the pages did not reach."""
 
     listed: set[str] = field(default_factory=set)
     proven: set[str] = field(default_factory=set)
@@ -111,6 +111,7 @@ class Findings:
     total: int | None = None
     total_ms: int = 0
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    unread: set[str] = field(default_factory=set)
 
     def add(self, query: Query, snapshot: Snapshot) -> None:
         """Place ``query``'s numbers by a whole reading of it (here or by another replica)."""
@@ -199,16 +200,16 @@ class Verifier:
         self._counted = counted
 
     async def read(self, queries: Sequence[Query], limiter: RateLimiter, pages: int) -> Findings:
-        """Read ``queries`` in order within ``pages`` pages; never raises an API or Redis
-        error (it ends the round with ``error`` set, and nothing read counts as proof)."""
+        """Read ``queries`` within ``pages`` pages: the first page of each, in order, then
+        later pages of those longer than one (which can only find listed numbers) while pages
+        are left. Numbers of a query that got no page at all are ``unread``. Never raises an
+        API or Redis error: it ends the round with ``error`` set, and nothing counts as proof."""
         budget = _Budget(pages)
         found = Findings()
         try:
-            for query in queries:
-                listed, complete = await self._read(query, budget, limiter, found)
-                found.listed |= listed
-                if complete:
-                    found.proven.update(n for n in query.numbers if n not in listed)
+            longer = [q for q in queries if not await self._first(q, budget, limiter, found)]
+            for query in longer:
+                await self._more(query, budget, limiter, found)
         except ApiError as exc:
             found.error, found.permanent = exc.summary(), not exc.retryable
         except REDIS_ERRORS as exc:
@@ -216,30 +217,40 @@ class Verifier:
         found.pages = budget.used
         return found
 
-    async def _read(
+    async def _first(
         self, query: Query, budget: _Budget, limiter: RateLimiter, found: Findings
-    ) -> tuple[set[str], bool]:
-        """The query's numbers found listed, and whether that places all of them: every one
-        was found, or the query fits on one page, which is a snapshot of it. Pages read one
-        after another are not: confirmations and new results shift later pages between two
-        reads, so a listed number could be on neither of them."""
-        wanted = set(query.numbers)
-        listed: set[str] = set()
-        page_num = 0
-        while budget.take():
+    ) -> bool:
+        """Read the query's first page; True when that placed all its numbers (a query that
+        fits on one page is a snapshot of it: what it does not list is not listed)."""
+        if not budget.take():
+            found.unread.update(query.numbers)
+            return True
+        page, granted_ms = await self._page(query, 1, limiter)
+        if query.is_scan:
+            found.total, found.total_ms = page.total_items, granted_ms
+        on_page = frozenset(item.task_detail_no for item in page.items)
+        listed = on_page.intersection(query.numbers)
+        found.listed |= listed
+        if page.total_pages <= 1 and not page.next_page:
+            found.snapshots[query.field] = Snapshot(granted_ms, on_page)
+            found.proven.update(n for n in query.numbers if n not in listed)
+            return True
+        return len(listed) == len(set(query.numbers))
+
+    async def _more(
+        self, query: Query, budget: _Budget, limiter: RateLimiter, found: Findings
+    ) -> None:
+        """Later pages of a query longer than one page: they find listed numbers, never
+        prove one is not (confirmations and new results shift pages between two reads)."""
+        wanted = set(query.numbers) - found.listed
+        page_num = 1
+        while wanted and budget.take():
             page_num += 1
-            page, granted_ms = await self._page(query, page_num, limiter)
-            if query.is_scan:
-                found.total, found.total_ms = page.total_items, granted_ms
-            on_page = frozenset(item.task_detail_no for item in page.items)
-            listed |= wanted & on_page
-            last = page_num >= page.total_pages and not page.next_page
-            if page_num == 1 and last:
-                found.snapshots[query.field] = Snapshot(granted_ms, on_page)
-                return listed, True
-            if listed == wanted or last:
-                return listed, listed == wanted
-        return listed, False
+            page, _ = await self._page(query, page_num, limiter)
+            found.listed |= wanted.intersection(item.task_detail_no for item in page.items)
+            wanted -= found.listed
+            if page_num >= page.total_pages and not page.next_page:
+                return
 
     async def _page(
         self, query: Query, page_num: int, limiter: RateLimiter
