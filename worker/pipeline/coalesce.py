@@ -40,20 +40,27 @@ shortfalls meanwhile are recorded unverified, without waiting.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskGroup
 
 from worker.clock import SYSTEM_CLOCK, Clock
-from worker.entries import Batch, Entry
-from worker.errors import describe
+from worker.entries import Batch
 from worker.logs import get_logger
+from worker.pipeline.costrule import (
+    ListingEstimate,
+    Plan,
+    choose,
+    covers,
+    groups_of,
+    oldest_within,
+)
+from worker.pipeline.fleet import FleetListing, Readings
 from worker.pipeline.resend import Answer, Resender, Resent, Send, Waiter
 from worker.pipeline.verify import Check, Findings, Query, Verifier, plan
 from worker.store.limiter import RateLimiter
-from worker.store.listing import MARGIN_MS, SharedListing, Snapshot
+from worker.store.listing import SharedListing
 
 log = get_logger("verify")
 
@@ -75,26 +82,6 @@ class HubConfig:
     batch_size: int = 100
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The queries of a round; ``cost`` their pages, None when the listing's size is unknown."""
-
-    queries: list[Query]
-    cost: int | None
-
-    @property
-    def is_scan(self) -> bool:
-        """True when the plan reads the unfiltered listing."""
-        return len(self.queries) == 1 and self.queries[0].is_scan
-
-
-@dataclass(slots=True)
-class _Estimate:
-    total: int
-    at: float
-    confirmed_at: int
-
-
 class VerifyHub:
     """Checks the shortfalls of one account's batches together (see the module docstring).
 
@@ -111,7 +98,7 @@ class VerifyHub:
         shared: SharedListing | None = None,
     ) -> None:
         self._verifier = verifier
-        self._shared = shared
+        self._fleet = None if shared is None else FleetListing(shared, clock)
         self._limiter = limiter
         self._config = config
         self._clock = clock
@@ -119,8 +106,7 @@ class VerifyHub:
         self._gathered = 0
         self._wake = anyio.Event()
         self._stopping: anyio.Event | None = None
-        self._confirmed = 0
-        self._estimate: _Estimate | None = None
+        self._estimate = ListingEstimate(verifier.page_size, config.max_wait_s)
         self._off_until = 0.0
         self._off_error = ""
         self._tg: TaskGroup | None = None
@@ -133,7 +119,7 @@ class VerifyHub:
 
     def note_confirmed(self, count: int) -> None:
         """This process's requests confirmed ``count`` more numbers of the account."""
-        self._confirmed += count
+        self._estimate.confirmed(count)
 
     async def check(self, batch: Batch, send: Send | None = None) -> Answer:
         """Which of ``batch``'s numbers are still listed, learnt in the next round; with
@@ -209,40 +195,16 @@ class VerifyHub:
 
     # --- what --------------------------------------------------------------------------
 
-    def _groups(self, waiters: list[Waiter] | None = None) -> dict[str, list[Entry]]:
-        # Numbers of ``waiters`` (every one gathered); a number may be in two batches.
-        merged: dict[str, list[Entry]] = {}
-        for waiter in self._waiting if waiters is None else waiters:
-            for number, entries in waiter.groups.items():
-                merged.setdefault(number, []).extend(entries)
-        return merged
-
     def listing_pages(self) -> int | None:
         """Pages the whole listing is estimated to take; None when not known."""
-        e = self._estimate
-        if e is None or self._clock.monotonic() - e.at > self._config.max_wait_s:
-            return None
-        left = max(0, e.total - (self._confirmed - e.confirmed_at))
-        return max(1, -(-left // self._verifier.page_size))
+        return self._estimate.pages(self._clock.monotonic())
 
     def plan(self, waiters: list[Waiter] | None = None) -> Plan:
-        """The cheaper way to check ``waiters`` (every one gathered by default; see the
-        module docstring). Only a one-page reading proves a number is not listed, so
-        the whole listing is worth reading only when it fits on one page; numbers with
-        neither task nor domain cannot be proven until it does."""
-        groups = self._groups(waiters)
-        filtered = plan(groups)
-        pages = self.listing_pages()
-        scan = Plan([Query(tuple(groups))], pages)
-        taskless = any(q.is_scan for q in filtered)
-        if pages is None and (taskless or len(filtered) > 1):
-            return scan  # learn the size first: one page may be everything
-        if pages == 1:
-            return scan
-        if taskless:
-            # What can be proven is, by task and domain; the rest only found listed.
-            return Plan(filtered, len(filtered) + (pages or 0))
-        return Plan(filtered, len(filtered))
+        """The cheaper way to check ``waiters`` (every one gathered by default), by the
+        rule of :mod:`worker.pipeline.costrule`."""
+        return choose(
+            groups_of(self._waiting if waiters is None else waiters), self.listing_pages()
+        )
 
     # --- the round ---------------------------------------------------------------------
 
@@ -255,88 +217,52 @@ class VerifyHub:
             return
         fleet = await self._from_fleet(waiters)
         chosen = self.plan(waiters)
-        queries = _unread(chosen, fleet)
+        queries = chosen.unread(fleet)
         if queries and not must and chosen.cost is not None and chosen.cost > 1:
             return  # the fleet told the listing's size: not cheap yet, go on gathering
         if chosen.cost is None and queries:
             # The listing's size is not known: its first page tells it, and is the whole
             # proof when the listing fits on it.
             found = await self._read(queries, 1, fleet)
-            if found.error is not None or _covers(found, chosen.queries):
+            if found.error is not None or covers(found, chosen.queries):
                 self._serve(found, waiters)
                 return
             if not must:
                 return  # go on gathering, now knowing what the listing costs
             chosen = self.plan(waiters)
-            queries = _unread(chosen, fleet)
+            queries = chosen.unread(fleet)
         budget = self._config.max_pages
         if len(queries) > budget and not chosen.is_scan:
             # More tasks than a round may read: the oldest shortfalls now, the rest next.
-            waiters = _oldest_within(waiters, fleet, budget)
-            queries = _unread(self.plan(waiters), fleet)
+            waiters = oldest_within(waiters, fleet, budget)
+            queries = self.plan(waiters).unread(fleet)
         self._serve(await self._read(queries, budget, fleet), waiters)
 
-    async def _read(
-        self, queries: list[Query], pages: int, fleet: dict[str, tuple[Query, Snapshot]]
-    ) -> Findings:
+    async def _read(self, queries: list[Query], pages: int, fleet: Readings) -> Findings:
         found = await self._verifier.read(queries, self._limiter, pages)
         self._learn(found)
         for query, snapshot in fleet.values():
             found.add(query, snapshot)
-        await self._share(found)
+        if self._fleet is not None:
+            await self._fleet.share(found)
         return found
 
-    async def _from_fleet(self, waiters: list[Waiter]) -> dict[str, tuple[Query, Snapshot]]:
+    async def _from_fleet(self, waiters: list[Waiter]) -> Readings:
         """The planned queries another replica (or this one) read whole after every answer
-        they are about; the shared total, when fresher, becomes the estimate."""
-        if self._shared is None:
+        they are about; the shared size, when fresher, becomes the estimate."""
+        if self._fleet is None:
             return {}
-        queries = {q.field: q for q in plan(self._groups(waiters))}
-        queries["*"] = Query(tuple(self._groups(waiters)))
-        # Taken before Redis's clock is read, so each answer's time on it comes out late,
-        # never early: a reading counts only if it surely came after the answer.
-        mono = self._clock.monotonic()
-        try:
-            now_ms = await self._shared.now_ms()
-            snapshots, total = await self._shared.read(queries)
-        except Exception as exc:  # sharing only saves polls
-            # A round reads for itself without it; whatever failed must not stop the hub
-            # (redis-py can leak non-Redis errors from a connection a node closed).
-            log.warning("verify.share_failed", step="read", error=describe(exc))
-            return {}
-        if total is not None:
-            self._adopt(total, mono - (now_ms - total[0]) / 1000.0)
-        answered = self._answered_ms(waiters, now_ms, mono)
-        return {
-            field: (queries[field], snap)
-            for field, snap in snapshots.items()
-            if all(snap.sent_ms >= answered[n] + MARGIN_MS for n in queries[field].numbers)
-        }
-
-    def _answered_ms(self, waiters: list[Waiter], now_ms: int, mono: float) -> dict[str, int]:
-        """Each gathered number's answer time on Redis's clock (at the latest: when its
-        batch came here)."""
-        return {
-            number: now_ms - int((mono - w.since) * 1000.0) for w in waiters for number in w.groups
-        }
-
-    def _adopt(self, total: tuple[int, int], at: float) -> None:
-        e = self._estimate
-        if e is None or at > e.at:
-            self._estimate = _Estimate(total[1], at, self._confirmed)
-
-    async def _share(self, found: Findings) -> None:
-        if self._shared is None or not (found.snapshots or found.total is not None):
-            return
-        total = None if found.total is None else (found.total_ms, found.total)
-        try:
-            await self._shared.write(found.snapshots, total)
-        except Exception as exc:  # as in _from_fleet: the next round reads for itself
-            log.warning("verify.share_failed", step="write", error=describe(exc))
+        groups = groups_of(waiters)
+        queries = {q.field: q for q in plan(groups)}
+        queries["*"] = Query(tuple(groups))
+        readings, size = await self._fleet.lookup(waiters, queries)
+        if size is not None:
+            self._estimate.read(*size, unless_older=True)
+        return readings
 
     def _learn(self, found: Findings) -> None:
         if found.total is not None:
-            self._estimate = _Estimate(found.total, self._clock.monotonic(), self._confirmed)
+            self._estimate.read(found.total, self._clock.monotonic())
         if found.permanent:
             self._off_until = self._clock.monotonic() + self._config.max_wait_s
             self._off_error = f"verification unavailable: {found.error}"
@@ -373,28 +299,3 @@ class VerifyHub:
                     # went out is unknown, so its numbers are unplaced, never dead-lettered.
                     waiter.answer.resent = Resent.LOST
                 waiter.done.set()
-
-
-def _unread(chosen: Plan, fleet: dict[str, tuple[Query, Snapshot]]) -> list[Query]:
-    """The queries of ``chosen`` that no fleet reading answers already."""
-    return [q for q in chosen.queries if q.field not in fleet]
-
-
-def _oldest_within(
-    waiters: list[Waiter], fleet: dict[str, tuple[Query, Snapshot]], budget: int
-) -> list[Waiter]:
-    """The oldest ``waiters`` whose filtered queries, together, fit in ``budget`` pages."""
-    chosen: list[Waiter] = []
-    fields: set[str] = set()
-    for waiter in waiters:
-        need = {q.field for q in plan(waiter.groups)} - fleet.keys()
-        if chosen and len(fields | need) > budget:
-            break
-        chosen.append(waiter)
-        fields |= need
-    return chosen
-
-
-def _covers(found: Findings, queries: Sequence[Query]) -> bool:
-    """True when every number of ``queries`` was placed (found listed or proven not)."""
-    return all(n in found.listed or n in found.proven for q in queries for n in q.numbers)
