@@ -87,7 +87,8 @@ def choose(groups: Mapping[str, Sequence[Entry]], pages: int | None) -> Plan:
     if pages == 1:
         return scan
     if taskless:
-        # What can be proven is, by task and domain; the rest only found listed.
+        # What can be proven is, by task and domain; the rest is only looked for on the
+        # listing's first page. Costed as the whole listing, so it waits for a bound.
         return Plan(filtered, len(filtered) + (pages or 0))
     return Plan(filtered, len(filtered))
 

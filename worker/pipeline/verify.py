@@ -17,8 +17,8 @@ first takes a slot of the account's shared rate limiter, like a send, and is cou
 A query proves a number is not listed only when it fits on one page: a page is a snapshot
 of the query's listing, but pages read one after another are not (acknowledging shifts
 later results to earlier pages, and new results join, so a listed number could be on
-neither of two pages read a moment apart). A longer query proves only the numbers it finds;
-it stops early once it has found every number it looks for.
+neither of two pages read a moment apart). So only first pages are read: a longer query's
+first page finds what is listed on it (its oldest results) and proves nothing else.
 """
 
 from __future__ import annotations
@@ -200,16 +200,19 @@ class Verifier:
         self._counted = counted
 
     async def read(self, queries: Sequence[Query], limiter: RateLimiter, pages: int) -> Findings:
-        """Read ``queries`` within ``pages`` pages: the first page of each, in order, then
-        later pages of those longer than one (which can only find listed numbers) while pages
-        are left. Numbers of a query that got no page at all are ``unread``. Never raises an
-        API or Redis error: it ends the round with ``error`` set, and nothing counts as proof."""
+        """Read the first page of each of ``queries``, in order, within ``pages`` pages;
+        numbers of a query left without a page are ``unread``. Never raises an API or Redis
+        error: it ends the round with ``error`` set, and nothing counts as proof then.
+
+        Only first pages: one proves what it does not list when the query fits on it, and
+        shows the oldest results when it does not; a later page can never prove anything
+        (see the module docstring), so on a long listing it is a request spent to find a
+        number that the upstream poller will enqueue again anyway while it stays listed."""
         budget = _Budget(pages)
         found = Findings()
         try:
-            longer = [q for q in queries if not await self._first(q, budget, limiter, found)]
-            for query in longer:
-                await self._more(query, budget, limiter, found)
+            for query in queries:
+                await self._first(query, budget, limiter, found)
         except ApiError as exc:
             found.error, found.permanent = exc.summary(), not exc.retryable
         except REDIS_ERRORS as exc:
@@ -219,12 +222,12 @@ class Verifier:
 
     async def _first(
         self, query: Query, budget: _Budget, limiter: RateLimiter, found: Findings
-    ) -> bool:
-        """Read the query's first page; True when that placed all its numbers (a query that
-        fits on one page is a snapshot of it: what it does not list is not listed)."""
+    ) -> None:
+        """Read the query's first page: a query that fits on it is a snapshot of it, so what
+        it does not list is not listed."""
         if not budget.take():
             found.unread.update(query.numbers)
-            return True
+            return
         page, granted_ms = await self._page(query, 1, limiter)
         if query.is_scan:
             found.total, found.total_ms = page.total_items, granted_ms
@@ -234,23 +237,6 @@ class Verifier:
         if page.total_pages <= 1 and not page.next_page:
             found.snapshots[query.field] = Snapshot(granted_ms, on_page)
             found.proven.update(n for n in query.numbers if n not in listed)
-            return True
-        return len(listed) == len(set(query.numbers))
-
-    async def _more(
-        self, query: Query, budget: _Budget, limiter: RateLimiter, found: Findings
-    ) -> None:
-        """Later pages of a query longer than one page: they find listed numbers, never
-        prove one is not (confirmations and new results shift pages between two reads)."""
-        wanted = set(query.numbers) - found.listed
-        page_num = 1
-        while wanted and budget.take():
-            page_num += 1
-            page, _ = await self._page(query, page_num, limiter)
-            found.listed |= wanted.intersection(item.task_detail_no for item in page.items)
-            wanted -= found.listed
-            if page_num >= page.total_pages and not page.next_page:
-                return
 
     async def _page(
         self, query: Query, page_num: int, limiter: RateLimiter
