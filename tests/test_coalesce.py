@@ -119,6 +119,17 @@ class Rig:
         """Wait until the hub sleeps on the clock (gathering)."""
         await self.until("the hub to sleep", lambda: self.clock.sleeping >= 1)
 
+    async def past_the_wait(self, config: HubConfig, pages: int, checks: int) -> None:
+        """Gathered shortfalls over a listing of ``pages`` pages: after the linger one page
+        learns its size, the round waits for a cheaper listing, and once the longest wait
+        is over it goes; wait for ``checks`` answers."""
+        await self.asleep()
+        self.clock.advance(config.linger_s)
+        await self.until("the size is learnt", lambda: self.hub.listing_pages() == pages)
+        await self.asleep()
+        self.clock.advance(config.max_wait_s)
+        await self.until(f"{checks} checks", lambda: len(self.checks) == checks)
+
 
 async def with_hub(
     redis: Redis,
@@ -242,12 +253,7 @@ async def test_the_longest_wait_is_bounded_then_the_cheaper_plan_is_read(
     async def body(rig: Rig) -> None:
         for t, numbers in enumerate(tasks):
             rig.submit(batch_of(f"b{t}", numbers, f"T-{t}"))
-        await rig.asleep()
-        rig.clock.advance(CONFIG.linger_s)
-        await rig.until("the size is learnt", lambda: rig.hub.listing_pages() == 6)
-        await rig.asleep()
-        rig.clock.advance(CONFIG.max_wait_s)
-        await rig.until("every check", lambda: len(rig.checks) == 3)
+        await rig.past_the_wait(CONFIG, pages=6, checks=3)
 
     await with_hub(redis, prefix, client, body)
     # The probe, then three filtered queries: cheaper than six pages of the listing.
@@ -513,12 +519,7 @@ async def test_a_number_without_task_or_domain_does_not_sink_the_others(
     async def body(rig: Rig) -> None:
         rig.submit(batch_of("tasked", tasked, "T-1"))
         rig.submit(batch_of("taskless", [*taskless, f"{5:032x}"]))
-        await rig.asleep()
-        rig.clock.advance(CONFIG.linger_s)
-        await rig.until("the size is learnt", lambda: rig.hub.listing_pages() == 3)
-        await rig.asleep()
-        rig.clock.advance(CONFIG.max_wait_s)
-        await rig.until("both checks", lambda: len(rig.checks) == 2)
+        await rig.past_the_wait(CONFIG, pages=3, checks=2)
         found.update(rig.checks)
 
     await with_hub(redis, prefix, client, body)
@@ -540,12 +541,7 @@ async def test_more_tasks_than_a_round_may_read_go_oldest_first_and_none_is_left
     async def body(rig: Rig) -> None:
         for t, numbers in enumerate(tasks):
             rig.submit(batch_of(f"b{t}", numbers, f"T-{t}"))
-        await rig.asleep()
-        rig.clock.advance(tight.linger_s)
-        await rig.until("the size is learnt", lambda: rig.hub.listing_pages() == 3)
-        await rig.asleep()
-        rig.clock.advance(tight.max_wait_s)
-        await rig.until("every check", lambda: len(rig.checks) == 5)
+        await rig.past_the_wait(tight, pages=3, checks=5)
         order.extend(rig.checks)
         assert all(c.listed and not c.unknown for c in rig.checks.values())
 
@@ -569,12 +565,7 @@ async def test_a_batch_with_more_tasks_than_pages_is_served_and_the_next_waits_i
             wide_batch.add(Entry(f"w-{t}".encode(), number, f"T-{t}"))
         rig.submit(wide_batch)
         rig.submit(batch_of("narrow", narrow, "T-9"))
-        await rig.asleep()
-        rig.clock.advance(tight.linger_s)
-        await rig.until("the size is learnt", lambda: rig.hub.listing_pages() == 3)
-        await rig.asleep()
-        rig.clock.advance(tight.max_wait_s)
-        await rig.until("both checks", lambda: len(rig.checks) == 2)
+        await rig.past_the_wait(tight, pages=3, checks=2)
         found.update(rig.checks)
 
     await with_hub(redis, prefix, client, body, config=tight)
