@@ -15,6 +15,7 @@ import anyio.lowlevel
 from worker.api.client import AckResult
 from worker.config.credentials import Credentials, CredentialSource
 from worker.config.settings import Settings
+from worker.dev.mockapi.server import MockApi
 from worker.entries import DEFAULT_ACCOUNT
 from worker.pipeline.lanes import AccountClient, WorkerParts
 from worker.pipeline.runner import Worker
@@ -68,6 +69,23 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await anyio.sleep(0.01)
+
+
+def stand_in_requests(api: MockApi, action: str) -> int:
+    """Requests of ``action`` (``AcknowledgeTaskResult``, ``PollTaskResult``) the stand-in
+    has answered."""
+    by_action: dict[str, int] = api.stats()["requests_by_action"]  # type: ignore[assignment]
+    return by_action.get(action, 0)
+
+
+def polls(api: MockApi) -> int:
+    """``PollTaskResult`` requests at the stand-in."""
+    return stand_in_requests(api, "PollTaskResult")
+
+
+def acks(api: MockApi) -> int:
+    """``AcknowledgeTaskResult`` requests at the stand-in."""
+    return stand_in_requests(api, "AcknowledgeTaskResult")
 
 
 async def backlog(redis: RedisClient, prefix: str) -> int:

@@ -12,7 +12,7 @@ import pytest
 from anyio.abc import TaskGroup
 from redis.asyncio import Redis
 
-from tests.harness import FAST_POLICY, TEST_CREDENTIALS, wait_for
+from tests.harness import FAST_POLICY, TEST_CREDENTIALS, polls, wait_for
 from worker.api.client import AckResult, DomainClient, PollPage
 from worker.dev.mockapi.server import MockApi, serve_mock_api
 from worker.entries import Batch, Entry, Holdings
@@ -77,11 +77,6 @@ async def api() -> AsyncIterator[MockApi]:
 async def client(api: MockApi) -> AsyncIterator[DomainClient]:
     async with DomainClient(endpoint=api.url, credentials=TEST_CREDENTIALS, pool_size=4) as c:
         yield c
-
-
-def polls(api: MockApi) -> int:
-    by_action: dict[str, int] = api.stats()["requests_by_action"]  # type: ignore[assignment]
-    return by_action.get("PollTaskResult", 0)
 
 
 def batch_of(batch_id: str, numbers: Sequence[str], task_no: str | None = None) -> Batch:

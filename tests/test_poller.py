@@ -23,7 +23,14 @@ import structlog
 from redis.asyncio import Redis
 
 from tests.conftest import PYTHON, REPO, RedisServer, free_port, worker_env
-from tests.harness import FAST_POLICY, TEST_CREDENTIALS, make_settings, stream_fields, wait_for
+from tests.harness import (
+    FAST_POLICY,
+    TEST_CREDENTIALS,
+    make_settings,
+    polls,
+    stream_fields,
+    wait_for,
+)
 from worker.config.accounts import Account
 from worker.config.credentials import CredentialSource
 from worker.config.settings import Settings
@@ -98,11 +105,6 @@ async def poller_for(
 
 def seed(api: MockApi, count: int, **fields: Any) -> list[str]:
     return api.state.seed_random(count, **fields)
-
-
-def poll_requests(api: MockApi) -> int:
-    by_action: dict[str, int] = api.stats()["requests_by_action"]  # type: ignore[assignment]
-    return by_action.get("PollTaskResult", 0)
 
 
 # --- the producer path with a memory ------------------------------------------------------
@@ -296,7 +298,7 @@ async def test_throttling_slows_the_fleet_backs_off_and_recovers(
             failed = await poller.cycle()
         assert failed.error == "Throttling.User"
         assert failed.enqueued == 0
-        assert poll_requests(api) == FAST_POLICY.max_attempts
+        assert polls(api) == FAST_POLICY.max_attempts
         retries = [e for e in logs if e["event"] == "poll.retry_scheduled"]
         assert [e["attempt"] for e in retries] == [1, 2]
         assert all(e["delay_s"] >= 0.3 for e in retries)  # the retry-after is honoured
@@ -487,7 +489,7 @@ async def test_sigterm_finishes_the_page_in_hand_then_exits_0(
     await wait_for(request_in_flight, timeout_s=30, what="a PollTaskResult in flight")
     poller.proc.send_signal(signal.SIGTERM)
     assert await wait_exit(poller, 30) == 0
-    requests = poll_requests(api)
+    requests = polls(api)
     assert 1 <= requests < 6  # it stopped before reading all six pages
     # Every page it was sent was enqueued, whole: the one in flight at the signal too.
     assert await redis.xlen(Keys(prefix).tasks) == 10 * requests

@@ -16,8 +16,10 @@ from tests.conftest import RedisServer
 from tests.harness import (
     FAST_POLICY,
     TEST_CREDENTIALS,
+    acks,
     drained,
     make_settings,
+    polls,
     running_worker,
     stream_fields,
     wait_for,
@@ -88,16 +90,6 @@ class Checker:
 
 def verifier(client: DomainClient, *, max_pages: int = 5, page_size: int = 1000) -> Checker:
     return Checker(Verifier(client, page_size=page_size, policy=FAST_POLICY), max_pages)
-
-
-def polls(api: MockApi) -> int:
-    by_action: dict[str, int] = api.stats()["requests_by_action"]  # type: ignore[assignment]
-    return by_action.get("PollTaskResult", 0)
-
-
-def acks(api: MockApi) -> int:
-    by_action: dict[str, int] = api.stats()["requests_by_action"]  # type: ignore[assignment]
-    return by_action.get("AcknowledgeTaskResult", 0)
 
 
 # --- the Verifier ------------------------------------------------------------------------
